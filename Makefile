@@ -1,0 +1,36 @@
+# datascale: the two commands a person needs.
+#   make study   set up .venv and run the demo scaling study end to end
+#   make test    set up .venv and run the whole test suite (what CI runs)
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup study test test-fast bench clean
+
+setup: $(STAMP)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+
+# Re-install when the project definition or the pins change.
+$(STAMP): $(VENV)/bin/python pyproject.toml constraints.txt
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,notebook]'
+	touch $(STAMP)
+
+study: $(STAMP)
+	$(VENV)/bin/datascale study configs/studies/demo.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info study

@@ -1,0 +1,1 @@
+"""Results collection, scaling-curve fits with uncertainty, plots and the report."""

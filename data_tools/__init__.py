@@ -1,0 +1,1 @@
+"""Images and labels: the synthetic world, shards, nested subsets, labels, the streaming loader, dedup."""

@@ -1,0 +1,143 @@
+"""Lineage and output folders (rules 4 and 5 of the design).
+
+Every output folder holds ``config.yaml``: the resolved config, the stage that
+wrote it, and each input's path and content hash, so a results row can be
+traced back to the shards it came from. A stage that finished also writes
+``complete.json``; a folder with the same config and that marker is skipped,
+a folder with another config is refused unless the user passes ``--force``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+from datascale import __version__
+from datascale.atomic import write_json, write_text
+from datascale.config import dump_yaml, to_dict
+from datascale.errors import DataError, OutputExistsError
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+COMPLETE_FILE = "complete.json"
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks (constant memory)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(_CHUNK), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        raise DataError(f"input not found: {path}") from None
+    return digest.hexdigest()
+
+
+def content_hash(path: str | Path) -> str:
+    """Content hash of a file, or of a folder (relative paths + file hashes, sorted).
+
+    Hashing a folder reads every byte in it: for large collections pass the
+    small file that pins the content instead (``manifest.parquet``).
+    """
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    if not path.is_dir():
+        raise DataError(f"input not found: {path}")
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = file.relative_to(path).as_posix()
+        if rel.startswith(".") or "/." in rel:
+            continue
+        digest.update(rel.encode())
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+def config_record(stage: str, config: Any, inputs: Mapping[str, str | Path] | None = None,
+                  extra: Mapping[str, Any] | None = None) -> dict:
+    """The lineage record written as config.yaml (see module docstring)."""
+    record: dict[str, Any] = {
+        "stage": stage,
+        "datascale_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": to_dict(config),
+        "inputs": {
+            name: {"path": str(Path(p).resolve()), "sha256": content_hash(p)}
+            for name, p in (inputs or {}).items()
+        },
+    }
+    if extra:
+        record.update(to_dict(dict(extra)))
+    return record
+
+
+def read_config_record(out_dir: str | Path) -> dict | None:
+    """The config.yaml record of an output folder, or None if it has none."""
+    path = Path(out_dir) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle) or {}
+
+
+def _same(record: dict, new: dict) -> bool:
+    keys = ("stage", "config", "inputs")
+    return all(record.get(k) == new.get(k) for k in keys)
+
+
+def prepare_output_dir(out_dir: str | Path, record: dict, force: bool = False
+                       ) -> Literal["new", "resume", "complete"]:
+    """Get an output folder ready for a stage whose lineage record is ``record``.
+
+    Returns ``"complete"`` if the folder already holds finished output of the
+    same config (the caller skips the stage), ``"resume"`` if it holds
+    unfinished output of the same config, else ``"new"`` (folder created,
+    config.yaml written). A folder made with another config raises
+    OutputExistsError unless ``force``, which deletes it first. A non-empty
+    folder that datascale did not write is never deleted.
+    """
+    out_dir = Path(out_dir)
+    existing = read_config_record(out_dir)
+    if existing is not None:
+        if _same(existing, record):
+            return "complete" if is_complete(out_dir) else "resume"
+        if not force:
+            raise OutputExistsError(
+                f"{out_dir} holds output made with a different config or inputs; "
+                "choose another output folder, or pass --force to replace it"
+            )
+        log.warning("--force: replacing %s", out_dir)
+        shutil.rmtree(out_dir)
+    elif out_dir.is_dir() and any(out_dir.iterdir()):
+        raise OutputExistsError(
+            f"{out_dir} exists, is not empty and was not written by datascale; "
+            "choose an empty or new output folder"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text(out_dir / CONFIG_FILE, dump_yaml(record))
+    return "new"
+
+
+def mark_complete(out_dir: str | Path, summary: Mapping[str, Any] | None = None) -> None:
+    """Mark a stage's output folder finished (atomically), with an optional summary."""
+    write_json(Path(out_dir) / COMPLETE_FILE, {
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "pid": os.getpid(),
+        **to_dict(dict(summary or {})),
+    })
+
+
+def is_complete(out_dir: str | Path) -> bool:
+    """True when the folder's stage finished (``complete.json`` present)."""
+    return (Path(out_dir) / COMPLETE_FILE).is_file()

@@ -1,0 +1,1 @@
+"""Models and training: backbones, DeepSpeed pretraining, checkpoints, fine-tuning, launch, the study, the CLI."""
