@@ -354,6 +354,11 @@ def _convert(tp: Any, value: Any, key: str) -> Any:  # noqa: C901 - one branch p
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e9" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise _type_error(key, tp, value)
     if tp is str:
         if isinstance(value, str):

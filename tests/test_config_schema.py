@@ -46,6 +46,10 @@ def test_yaml_file_and_overrides_are_typed(tmp_path):
     assert cfg.extra == {"a": 1.0}
 
 
+def test_exponent_without_dot_is_a_float():
+    assert load_config(World, {"name": "x"}, ["noise.rate=1e-1"]).noise.rate == 0.1
+
+
 def test_int_is_accepted_for_float_but_not_the_reverse():
     assert load_config(World, {"name": "x", "noise": {"rate": 1}}).noise.rate == 1.0
     with pytest.raises(ConfigError, match="'classes' expects int, got float 2.5"):

@@ -1,0 +1,172 @@
+"""``datascale results collect``, ``datascale fit`` and ``datascale plot``.
+
+All three work in one results folder (default ``results/``):
+
+    results.parquet, excluded.csv, collect.yaml        results collect
+    fits.csv, fit_curves.csv, fit_points.csv,
+    fit_excluded.csv, fit.yaml                         fit
+    plots/*.png|svg, report.md, plot.yaml              plot
+
+Each ``*.yaml`` is the lineage record of the command that wrote the files
+beside it (datascale.lineage.config_record). ``fit`` and ``plot`` skip work
+whose record shows the same config and the same input hashes, unless
+``--force``. pandas, scipy and matplotlib are imported inside the command
+functions so that ``datascale --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import yaml
+
+from analysis.config import FitConfig, PlotConfig
+from datascale.atomic import write_text
+from datascale.config import dump_yaml
+from datascale.lineage import config_record
+from scaling.cli import add_config_args, config_from_args, subcommand
+
+DEFAULT_TABLE = "results/results.parquet"
+
+
+def register_cli(subparsers) -> None:
+    """Add ``results collect``, ``fit`` and ``plot`` to the datascale parser."""
+    results = subcommand(subparsers, "results", None, help="collect run folders into results.parquet",
+                         description="Work with the results table. Actions: collect.")
+    results.set_defaults(func=lambda args: _print_help(results))
+    actions = results.add_subparsers(dest="action", metavar="ACTION")
+    collect = subcommand(actions, "collect", run_collect, help="run folders -> results.parquet + excluded.csv",
+                         description="Walk RUNS_DIR recursively for run folders (config.yaml with stage "
+                                     "pretrain or finetune) and write one row per run, test set and metric. "
+                                     "Unfinished, failed or unreadable runs are listed in excluded.csv.")
+    collect.add_argument("runs_dirs", nargs="+", metavar="RUNS_DIR", help="folder(s) holding run folders")
+    collect.add_argument("--out", default=DEFAULT_TABLE, help="the results table to write")
+    collect.add_argument("--merge", action="store_true",
+                         help="keep rows of runs not under RUNS_DIR already in the table (locked, deduplicated)")
+
+    fit = subcommand(subparsers, "fit", run_fit, help="scaling-curve fits with bootstrap intervals",
+                     description="Fit metric against pretraining images per curve (task, metric, test set, "
+                                 "mode, arch, init): log-linear and saturating power law, bootstrap "
+                                 "intervals, model choice by held-out error; writes fits.csv and friends.")
+    _table_args(fit)
+    fit.add_argument("--predict", type=float, metavar="IMAGES", help="extrapolate each curve to IMAGES (e.g. 1e9)")
+    fit.add_argument("--target", type=float, metavar="VALUE", help="pretraining images needed to reach VALUE")
+    add_config_args(fit, None, FitConfig)
+
+    plot = subcommand(subparsers, "plot", run_plot, help="figures and results/report.md",
+                      description="Draw metric against pretraining images with the fitted curves "
+                                  "(PNG/SVG in OUT/plots/) and write OUT/report.md.")
+    _table_args(plot)
+    plot.add_argument("--reference", metavar="CSV",
+                      help="points to overlay: columns task, metric, mode, subset_images, value, label")
+    add_config_args(plot, None, PlotConfig)
+
+
+def _table_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", default=DEFAULT_TABLE, help="results table from `datascale results collect`")
+    parser.add_argument("--out", default=None, help="output folder (default: the results table's folder)")
+    parser.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
+                        help="only rows with COLUMN=VALUE (repeatable), e.g. --where task=detection")
+
+
+def _progress() -> bool:
+    """Progress bars unless the user asked for quiet (-q sets logging to WARNING)."""
+    return logging.getLogger().isEnabledFor(logging.INFO)
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def run_collect(args: argparse.Namespace) -> int:
+    """``datascale results collect``: prints the counts and every exclusion with its reason."""
+    from analysis.results import EXCLUDED_FILE, collect_runs, write_results
+
+    collection = collect_runs(args.runs_dirs, progress=_progress())
+    table, excluded = write_results(collection, args.out, roots=args.runs_dirs, merge=args.merge)
+    out = Path(args.out)
+    print(f"{len(collection.rows)} rows from {collection.runs_seen - _excluded_runs(collection)} runs "
+          f"({collection.runs_seen} run folders read); table now {len(table)} rows -> {out}")
+    if collection.excluded:
+        print(f"excluded {len(collection.excluded)} (run or metric) -> {out.parent / EXCLUDED_FILE}:")
+        for item in collection.excluded:
+            where = "/".join(p for p in (item["test_set"], item["metric"]) if p)
+            print(f"  {item['run_dir']}{' [' + where + ']' if where else ''}: {item['reason']}")
+    return 0
+
+
+def _excluded_runs(collection) -> int:
+    return len({e["run_dir"] for e in collection.excluded if not e["metric"] and not e["test_set"]})
+
+
+def _up_to_date(record_path: Path, record: dict, outputs: list[Path], force: bool) -> bool:
+    """True when ``record_path`` holds the same stage, config and inputs and every output exists."""
+    if force or not record_path.is_file() or not all(p.is_file() for p in outputs):
+        return False
+    with open(record_path, encoding="utf-8") as handle:
+        old = yaml.safe_load(handle) or {}
+    return all(old.get(k) == record.get(k) for k in ("stage", "config", "inputs"))
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    """``datascale fit``: writes the fit files and prints the fits and exclusions."""
+    from analysis.fit import FIT_FILES, fit_table, read_fits, write_fits
+    from analysis.report import fits_summary, text_table
+    from analysis.results import read_results
+
+    config = config_from_args(FitConfig, args)
+    config.where = config.where + args.where
+    config.predict_images = args.predict if args.predict is not None else config.predict_images
+    config.target = args.target if args.target is not None else config.target
+    config.validate()
+    out_dir = Path(args.out) if args.out else Path(args.results).parent
+    results = read_results(args.results)  # a clear message for a missing table, before hashing it
+    record = config_record("fit", config, inputs={"results": args.results})
+    record_path = out_dir / "fit.yaml"
+    if _up_to_date(record_path, record, [out_dir / f for f in FIT_FILES.values()], args.force):
+        print(f"fits in {out_dir} are up to date with {args.results} (pass --force to refit)")
+        output = read_fits(out_dir)
+    else:
+        output = fit_table(results, config, progress=_progress())
+        write_fits(output, out_dir)
+        write_text(record_path, dump_yaml(record))
+    print(text_table(fits_summary(output.fits)))
+    if not output.excluded.empty:
+        print(f"\nnot fitted ({len(output.excluded)}):")
+        print(text_table(output.excluded))
+    print(f"\nwrote {', '.join(FIT_FILES.values())} -> {out_dir}")
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    """``datascale plot``: figures into OUT/plots/ and OUT/report.md."""
+    from analysis.fit import FIT_FILES, read_fits
+    from analysis.plots import plot_scaling, read_reference
+    from analysis.report import PLOTS_DIR, write_report
+    from analysis.results import read_results
+
+    config = config_from_args(PlotConfig, args)
+    config.where = config.where + args.where
+    config.validate()
+    out_dir = Path(args.out) if args.out else Path(args.results).parent
+    inputs = {"results": args.results, **{name: out_dir / f for name, f in FIT_FILES.items()}}
+    if args.reference:
+        inputs["reference"] = args.reference
+    results = read_results(args.results)  # clear errors for missing inputs, before hashing them
+    fits = read_fits(out_dir)
+    record = config_record("plot", config, inputs=inputs)
+    record_path = out_dir / "plot.yaml"
+    figures = sorted((out_dir / PLOTS_DIR).glob("*.png"))
+    if _up_to_date(record_path, record, figures + [out_dir / "report.md"], args.force) and figures:
+        print(f"plots in {out_dir / PLOTS_DIR} are up to date (pass --force to redraw)")
+        return 0
+    reference = read_reference(args.reference) if args.reference else None
+    written = plot_scaling(results, fits, out_dir / PLOTS_DIR, config, reference)
+    report = write_report(out_dir, figures=[p for p in written if p.suffix == ".png"])
+    write_text(record_path, dump_yaml(record))
+    print(f"wrote {len(written)} figure files -> {out_dir / PLOTS_DIR}")
+    print(f"wrote {report}")
+    return 0

@@ -1,0 +1,313 @@
+"""Collect finished run folders into one tidy results table (``results.parquet``).
+
+A run folder (docs/formats.md, "Run folders") holds ``config.yaml`` whose
+``lineage:`` mapping names the run's place in the study, ``metrics.json`` with
+``{"metrics": {TEST_SET: {METRIC: value}}}`` and ``complete.json`` when done.
+Collection turns every (run, test set, metric) into one row. Runs that are in
+progress, failed, unreadable or without lineage are never silently dropped:
+each becomes a row of ``excluded.csv`` with the reason, and is printed.
+
+Collection is cheap (two small files per run) and always re-reads the runs,
+because runs finish between collections while the runs folder stays the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import pandas as pd
+import yaml
+from tqdm import tqdm
+
+from datascale.atomic import atomic_path, write_text
+from datascale.config import dump_yaml
+from datascale.errors import DataError
+from datascale.lineage import COMPLETE_FILE, CONFIG_FILE, config_record
+
+log = logging.getLogger(__name__)
+
+RUN_STAGES = ("pretrain", "finetune")
+METRICS_FILE = "metrics.json"
+FAILED_FILE = "failed.json"
+EXCLUDED_FILE = "excluded.csv"
+LINEAGE_FILE = "collect.yaml"
+
+# Columns of results.parquet, in order (docs/formats.md, "Results").
+TEXT_COLUMNS = ("task", "metric", "test_set", "mode", "arch", "init", "subset_name",
+                "run_dir", "pretrain_run", "stage")
+INT_COLUMNS = ("subset_images", "num_classes", "steps", "seed")
+COLUMNS = ("task", "metric", "test_set", "value", "mode", "arch", "init", "subset_name",
+           "subset_images", "num_classes", "steps", "seed", "run_dir", "pretrain_run", "stage")
+EXCLUDED_COLUMNS = ("run_dir", "test_set", "metric", "reason")
+ROW_KEY = ["run_dir", "test_set", "metric"]
+# Without these a row cannot be placed on any curve; the rest may be null
+# (a random-init run has no pretraining subset).
+REQUIRED_LINEAGE = ("mode", "arch", "seed")
+
+
+@dataclass
+class Collection:
+    """What one collection found: the rows, the exclusions and how many runs were read."""
+
+    rows: list[dict] = field(default_factory=list)
+    excluded: list[dict] = field(default_factory=list)
+    runs_seen: int = 0
+
+    def exclude(self, run_dir: Path | str, reason: str, test_set: str = "", metric: str = "") -> None:
+        self.excluded.append({"run_dir": str(run_dir), "test_set": test_set,
+                              "metric": metric, "reason": reason})
+
+
+def find_run_dirs(roots: Iterable[str | Path]) -> Iterator[tuple[Path, dict | None, str]]:
+    """Yield ``(folder, record, problem)`` for every candidate run folder under ``roots``.
+
+    A candidate is a folder with ``config.yaml`` (``record`` is its parsed
+    lineage record, or None with ``problem`` set when it cannot be read) or a
+    folder with ``metrics.json`` but no ``config.yaml`` (a run without lineage).
+    Folders of other stages (shards, subsets, dedup) are passed over. The walk
+    reads directory listings only; memory is O(depth).
+    """
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"runs folder not found: {root} (pass the folder that holds the run folders)")
+        for folder, _dirs, files in os.walk(root):
+            folder_path = Path(folder).resolve()
+            if CONFIG_FILE in files:
+                record, problem = _read_record(folder_path / CONFIG_FILE)
+                if record is not None and record.get("stage") not in RUN_STAGES:
+                    continue
+                yield folder_path, record, problem
+            elif METRICS_FILE in files:
+                yield folder_path, None, f"{METRICS_FILE} without {CONFIG_FILE}: a run without lineage"
+
+
+# libyaml's safe loader (same safety as yaml.safe_load) parses config.yaml files
+# several times faster, which dominates collection time for thousands of runs.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _read_record(path: Path) -> tuple[dict | None, str]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            record = yaml.load(handle, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
+    except (OSError, yaml.YAMLError) as exc:
+        return None, f"{CONFIG_FILE} is not readable YAML: {str(exc).splitlines()[0]}"
+    if not isinstance(record, dict):
+        return None, f"{CONFIG_FILE} is not a mapping"
+    return record, ""
+
+
+def _read_json(path: Path) -> tuple[object, str]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle), ""
+    except FileNotFoundError:
+        return None, f"{path.name} missing"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"{path.name} is not valid JSON: {exc}"
+
+
+def _lineage_columns(record: dict) -> tuple[dict, str]:
+    """The lineage columns of a run, or a problem description."""
+    lineage = record.get("lineage")
+    if not isinstance(lineage, dict):
+        return {}, f"{CONFIG_FILE} has no 'lineage:' mapping (a run without lineage)"
+    missing = [k for k in REQUIRED_LINEAGE if lineage.get(k) is None]
+    if missing:
+        return {}, f"lineage lacks {', '.join(missing)}"
+    columns = {k: lineage.get(k) for k in TEXT_COLUMNS + INT_COLUMNS if k in lineage}
+    for key in INT_COLUMNS:
+        value = columns.get(key)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool)):
+            if isinstance(value, float) and value.is_integer():
+                columns[key] = int(value)
+            else:
+                return {}, f"lineage {key} must be an integer, got {value!r}"
+    columns["stage"] = record.get("stage")
+    return columns, ""
+
+
+def read_run(run_dir: Path, record: dict | None, problem: str, out: Collection) -> None:
+    """Append one run's rows (or its exclusion) to ``out``; reads two small files."""
+    out.runs_seen += 1
+    if record is None:
+        out.exclude(run_dir, problem)
+        return
+    if (run_dir / FAILED_FILE).is_file():
+        failure, _ = _read_json(run_dir / FAILED_FILE)
+        error = failure.get("error") if isinstance(failure, dict) else None
+        out.exclude(run_dir, f"failed: {error or 'see failed.json'}")
+        return
+    if not (run_dir / COMPLETE_FILE).is_file():
+        out.exclude(run_dir, f"in progress or interrupted (no {COMPLETE_FILE})")
+        return
+    columns, problem = _lineage_columns(record)
+    if problem:
+        out.exclude(run_dir, problem)
+        return
+    metrics, problem = _read_json(run_dir / METRICS_FILE)
+    if problem:
+        out.exclude(run_dir, problem)
+        return
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("metrics"), dict):
+        out.exclude(run_dir, f"{METRICS_FILE} has no 'metrics' mapping of test sets")
+        return
+    task = columns.get("task") or metrics.get("task")
+    if columns.get("task") and metrics.get("task") and columns["task"] != metrics["task"]:
+        out.exclude(run_dir, f"task differs: lineage {columns['task']!r}, {METRICS_FILE} {metrics['task']!r}")
+        return
+    steps = columns.get("steps") if columns.get("steps") is not None else metrics.get("steps")
+    base = {**columns, "task": task, "steps": steps, "run_dir": str(run_dir)}
+    _add_metric_rows(run_dir, metrics["metrics"], base, out)
+
+
+def _add_metric_rows(run_dir: Path, by_test_set: dict, base: dict, out: Collection) -> None:
+    for test_set, values in by_test_set.items():
+        if not isinstance(values, dict):
+            out.exclude(run_dir, "test set entry is not a mapping of metrics", test_set=str(test_set))
+            continue
+        for metric, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                out.exclude(run_dir, f"value {value!r} is not a finite number", str(test_set), str(metric))
+                continue
+            out.rows.append({**base, "test_set": str(test_set), "metric": str(metric),
+                             "value": float(value)})
+
+
+def collect_runs(roots: Iterable[str | Path], progress: bool = True) -> Collection:
+    """Read every run folder under ``roots`` (recursively) into a :class:`Collection`.
+
+    Raises DataError when a root is missing or holds no run folder at all.
+    Time is linear in the number of folders; memory holds only the rows.
+    """
+    roots = [Path(r) for r in roots]
+    out = Collection()
+    # Overlapping roots (runs/ and runs/finetune/) must not read a run twice.
+    candidates = list({path: (path, record, problem)
+                       for path, record, problem in find_run_dirs(roots)}.values())
+    if not candidates:
+        raise DataError(
+            f"no run folders under {', '.join(map(str, roots))}: a run folder holds "
+            f"{CONFIG_FILE} with stage {' or '.join(RUN_STAGES)} (docs/formats.md)")
+    for run_dir, record, problem in tqdm(candidates, desc="runs", unit="run", disable=not progress):
+        read_run(run_dir, record, problem, out)
+    return out
+
+
+def to_frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows as a DataFrame with the documented columns and dtypes (nullable ints)."""
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    for column in INT_COLUMNS:
+        frame[column] = pd.array(frame[column].tolist(), dtype="Int64")
+    frame["value"] = frame["value"].astype("float64")
+    for column in TEXT_COLUMNS:
+        frame[column] = frame[column].astype("string")
+    return frame
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    """Read a results table written by :func:`write_results`; DataError if unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"results table not found: {path} (make it with `datascale results collect`)")
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path} is not a readable Parquet table: {exc}") from None
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path} lacks columns {', '.join(missing)}; re-run `datascale results collect`")
+    return frame
+
+
+@contextlib.contextmanager
+def _locked(table: Path) -> Iterator[None]:
+    """Hold an exclusive fcntl lock beside ``table`` (concurrent collections queue here)."""
+    table.parent.mkdir(parents=True, exist_ok=True)
+    with open(table.parent / f".{table.name}.lock", "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _merge(old: pd.DataFrame, new: pd.DataFrame, scanned: set[str]) -> pd.DataFrame:
+    # What this collection read about a run replaces everything known about it
+    # before, so a run that was re-started (and is now in progress) leaves the table.
+    kept = old[~old["run_dir"].isin(scanned)]
+    merged = pd.concat([kept, new], ignore_index=True) if len(kept) else new
+    return merged.drop_duplicates(subset=ROW_KEY, keep="last", ignore_index=True)
+
+
+def write_results(collection: Collection, out: str | Path, roots: Iterable[str | Path] = (),
+                  merge: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write ``results.parquet``, ``excluded.csv`` and the ``collect.yaml`` lineage record.
+
+    Every write is atomic and the whole read-merge-write happens under an
+    fcntl lock beside the table, so concurrent collections into one table
+    never lose or duplicate rows. With ``merge`` the rows of runs not read
+    this time are kept (rows are unique on run_dir, test_set, metric);
+    otherwise the table holds exactly this collection. Returns the written
+    (results, excluded) frames. Memory: the table in full (rows are small).
+    """
+    out = Path(out)
+    new = to_frame(collection.rows)
+    excluded = pd.DataFrame(collection.excluded, columns=list(EXCLUDED_COLUMNS))
+    scanned = set(new["run_dir"].dropna()) | set(excluded["run_dir"])
+    roots = [str(Path(r).resolve()) for r in roots]
+    with _locked(out):
+        excluded_path = out.parent / EXCLUDED_FILE
+        if merge and out.is_file():
+            new = _merge(read_results(out), new, scanned)
+            if excluded_path.is_file():
+                old = pd.read_csv(excluded_path, dtype=str, keep_default_na=False)
+                excluded = pd.concat([old[~old["run_dir"].isin(scanned)], excluded], ignore_index=True)
+            roots = sorted(set(roots) | set(_previous_roots(out.parent / LINEAGE_FILE)))
+        new = to_frame(new.to_dict("records"))
+        with atomic_path(out) as tmp:
+            new.to_parquet(tmp, index=False)
+        with atomic_path(excluded_path) as tmp:
+            excluded.to_csv(tmp, index=False)
+        record = config_record("results", {"runs_dirs": roots, "merge": merge},
+                               extra={"rows": len(new), "runs": int(new["run_dir"].nunique()),
+                                      "excluded": len(excluded), "table": str(out.resolve())})
+        write_text(out.parent / LINEAGE_FILE, dump_yaml(record))
+    return new, excluded
+
+
+def _previous_roots(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as handle:
+        record = yaml.safe_load(handle) or {}
+    return list((record.get("config") or {}).get("runs_dirs") or [])
+
+
+def select(frame: pd.DataFrame, where: Iterable[str]) -> pd.DataFrame:
+    """Rows matching every ``COLUMN=VALUE`` filter (values compared as text).
+
+    A filter naming no column, or filters that leave no row, raise DataError
+    saying what is there, so a typo never yields an empty analysis.
+    """
+    for condition in where:
+        column, sep, value = condition.partition("=")
+        column = column.strip()
+        if not sep or column not in frame.columns:
+            raise DataError(f"--where expects COLUMN=VALUE with a column of the results table "
+                            f"({', '.join(frame.columns)}); got {condition!r}")
+        matched = frame[frame[column].astype(str) == value.strip()]
+        if matched.empty:
+            present = ", ".join(sorted(frame[column].dropna().astype(str).unique())[:20])
+            raise DataError(f"--where {condition}: no row has {column}={value.strip()!r}; present: {present}")
+        frame = matched
+    return frame

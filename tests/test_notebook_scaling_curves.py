@@ -1,0 +1,38 @@
+"""notebooks/scaling_curves.ipynb runs headless, on the venv's interpreter, against a small results table."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from scaling.cli import main
+from test_results_run_folders import make_study
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "scaling_curves.ipynb"
+
+
+@pytest.mark.slow
+def test_notebook_fits_and_plots_a_small_study(tmp_path, monkeypatch):
+    import ipykernel  # noqa: F401  (the kernel below is this interpreter's ipykernel)
+    import nbformat
+    from nbclient import NotebookClient
+
+    make_study(tmp_path / "runs", sizes=(10_000_000, 30_000_000, 100_000_000), seeds=(0, 1))
+    table = tmp_path / "results" / "results.parquet"
+    assert main(["-q", "results", "collect", str(tmp_path / "runs"), "--out", str(table)]) == 0
+    monkeypatch.setenv("DATASCALE_RESULTS", str(table))
+    monkeypatch.setenv("DATASCALE_NOTEBOOK_OUT", str(tmp_path / "nb"))
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    assert not any(cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")  # shipped clean
+    # jupyter_client starts kernel "python3" with sys.executable: the venv's interpreter.
+    NotebookClient(notebook, kernel_name="python3", timeout=180,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.get("outputs", [])]
+    text = "".join(out.get("text", "") for out in outputs if out.get("output_type") == "stream")
+    assert f"python: {sys.executable}" in text
+    assert "finetune" in text and "per 10x" in text
+    assert sum("image/png" in out.get("data", {}) for out in outputs) == 2  # original + cleaned figures
+    assert sorted(p.name for p in (tmp_path / "nb" / "plots").iterdir()) == [
+        "scaling_cleaned-resnet50-pretrained.png", "scaling_original-resnet50-pretrained.png"]
