@@ -1,0 +1,210 @@
+"""Finishing and checking a shards folder: manifest assembly, sizes.json, card.md, ``verify``."""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from datascale.atomic import atomic_path, write_json, write_text
+from datascale.errors import DataError
+from data_tools.labels import Vocabulary, noise_stats, tail_summary
+from data_tools.shard_io import ImageCheckError, check_image, read_shard
+from data_tools.sources import iter_parquet_batches
+
+log = logging.getLogger(__name__)
+
+
+class LabelTally:
+    """Streaming label statistics over manifest batches: O(classes) memory."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.images = 0
+        self.labels = 0
+        self.counts = np.zeros(num_classes, dtype=np.int64)
+        self.noise_pairs: list[tuple[int, int, int]] = []
+
+    def add(self, table) -> None:
+        """Add a pyarrow table/batch with a ``labels`` (and maybe ``true_labels``) column."""
+        column = table.column("labels") if hasattr(table, "column") else table["labels"]
+        flat = np.asarray(column.combine_chunks().flatten() if hasattr(column, "combine_chunks")
+                          else column.flatten(), dtype=np.int64)
+        self.images += len(table)
+        self.labels += len(flat)
+        if len(flat):
+            self.counts += np.bincount(flat, minlength=len(self.counts))
+        if "true_labels" in table.column_names:
+            stats = noise_stats(zip(column.to_pylist(), table.column("true_labels").to_pylist()))
+            self.noise_pairs.append((stats.noisy_labels, stats.true_labels, stats.correct_labels))
+
+    def summary(self) -> dict:
+        out = {"images": self.images,
+               "labels_per_image": self.labels / self.images if self.images else 0.0,
+               "tail": tail_summary(self.counts)}
+        if self.noise_pairs:
+            noisy, true, correct = (int(sum(v)) for v in zip(*self.noise_pairs))
+            out["noise"] = {"noisy_labels": noisy, "true_labels": true, "correct_labels": correct,
+                            "noise_rate": 1.0 - correct / noisy if noisy else 0.0,
+                            "recall": correct / true if true else 0.0}
+        return out
+
+
+def finalize_shards(out: Path, total: int, vocab: Vocabulary, state: dict, salt: str) -> dict:
+    """Assemble manifest.parquet from the shard parts, then sizes.json, classes.json and card.md.
+
+    Streams one part (one shard's rows) at a time. Returns the summary.
+    """
+    import pyarrow.parquet as pq
+    from data_tools.shards import MANIFEST_WRITE_OPTIONS, WORK_DIR, _manifest_schema, shard_name
+    parts = out / WORK_DIR / "parts"
+    sizes: dict[str, int] = {}
+    skipped = collections.Counter(state["skipped"])
+    reencoded = total_bytes = 0
+    tally = LabelTally(len(vocab))
+    with atomic_path(out / "manifest.parquet") as tmp:
+        with pq.ParquetWriter(tmp, _manifest_schema(state["has_true"]),
+                              **MANIFEST_WRITE_OPTIONS) as writer:
+            for index in range(total):
+                name = shard_name(index)
+                stats = json.loads((parts / f"{name}.json").read_text(encoding="utf-8"))
+                table = pq.read_table(parts / f"{name}.parquet")
+                writer.write_table(table)
+                tally.add(table)
+                sizes[name] = stats["samples"]
+                skipped.update(stats["skipped"])
+                reencoded += stats["reencoded"]
+                total_bytes += stats["bytes"]
+    write_json(out / "sizes.json", sizes)
+    vocab.save(out / "classes.json")
+    stats = tally.summary()
+    summary = {"images": stats["images"], "shards": total, "salt": salt, "bytes": total_bytes,
+               "reencoded": reencoded, "skipped": dict(sorted(skipped.items())), "stats": stats}
+    write_text(out / "card.md", card_markdown(summary, len(vocab)))
+    return summary
+
+
+def card_markdown(summary: dict, num_classes: int) -> str:
+    """The human-readable data card of a shards folder."""
+    stats, tail = summary["stats"], summary["stats"]["tail"]
+    lines = [
+        "# Data card", "",
+        f"- images: {summary['images']:,} in {summary['shards']:,} shards "
+        f"({summary['bytes'] / 2**20:,.1f} MiB of encoded images)",
+        f"- labels per image: {stats['labels_per_image']:.3f}",
+        f"- classes: {num_classes:,}, of which {tail['classes_present']:,} have images",
+        f"- long tail: {tail['classes_lt_20']:,} classes have fewer than 20 images, "
+        f"{tail['classes_lt_100']:,} fewer than 100 (median {tail['median_class_images']:g}, "
+        f"max {tail['max_class_images']:,})",
+        f"- hash-rank salt: `{summary['salt']}`; shards are in increasing rank",
+        f"- re-encoded to JPEG (formats WebDataset readers do not take as is): "
+        f"{summary['reencoded']:,}",
+    ]
+    if "noise" in stats:
+        noise = stats["noise"]
+        lines.append(f"- measured label noise (given labels that are wrong): "
+                     f"{noise['noise_rate']:.1%}; recall of true labels {noise['recall']:.1%}")
+    lines += ["", "## Skipped inputs", ""]
+    if summary["skipped"]:
+        lines += ["| reason | count |", "|---|---|"]
+        lines += [f"| {reason} | {count:,} |" for reason, count in summary["skipped"].items()]
+    else:
+        lines.append("none")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def _check_shard(path: Path, expected: int | None, manifest_keys: list[str], full: bool
+                 ) -> dict:
+    skipped: collections.Counter = collections.Counter()
+    seen: list[str] = []
+    corrupt: list[str] = []
+    for sample in read_shard(path, skipped):
+        if full or not seen:
+            try:
+                check_image(sample.image)
+            except ImageCheckError as exc:
+                corrupt.append(f"{sample.key}: {exc}")
+        seen.append(sample.key)
+    problems = [f"{reason}: {count}" for reason, count in skipped.items()]
+    problems += [f"corrupt image {c}" for c in corrupt]
+    if expected is not None and len(seen) != expected:
+        problems.append(f"{len(seen)} samples, sizes.json says {expected}")
+    if seen != manifest_keys:
+        missing = sorted(set(manifest_keys) - set(seen))
+        extra = sorted(set(seen) - set(manifest_keys))
+        problems.append(f"keys differ from manifest.parquet: {len(missing)} missing "
+                        f"{missing[:3]}, {len(extra)} not in manifest {extra[:3]}")
+    return {"samples": len(seen), "problems": problems}
+
+
+def _manifest_keys_by_shard(path: Path) -> Iterator[tuple[str, list[str]]]:
+    """(shard, keys) in manifest order; the manifest lists shards one after another."""
+    current, keys = None, []
+    for batch in iter_parquet_batches(path, ["key", "shard"]):
+        for key, shard in zip(batch.column("key").to_pylist(), batch.column("shard").to_pylist()):
+            if shard != current:
+                if current is not None:
+                    yield current, keys
+                current, keys = shard, []
+            keys.append(key)
+    if current is not None:
+        yield current, keys
+
+
+def verify_shards(shards_dir: str | Path, full: bool = False, progress: bool = True) -> dict:
+    """Open every shard of a shards folder and compare it with manifest.parquet and sizes.json.
+
+    Decodes the first image of each shard, or every image with ``full``.
+    Returns ``{"ok", "shards", "samples", "problems": {shard: [..]}}``.
+    Memory: the keys of one shard at a time (the manifest is streamed).
+    """
+    from tqdm import tqdm
+    root = Path(shards_dir)
+    for name in ("manifest.parquet", "sizes.json"):
+        if not (root / name).is_file():
+            raise DataError(f"{root}: no {name}; is this a shards folder that finished writing?")
+    sizes = json.loads((root / "sizes.json").read_text(encoding="utf-8"))
+    report: dict = {"ok": True, "shards": len(sizes), "samples": 0, "problems": {}}
+    checked: set[str] = set()
+    bar = tqdm(total=len(sizes), desc="verify", unit=" shard", disable=not progress)
+
+    def check(name: str, keys: list[str]) -> None:
+        if name in checked:
+            report["problems"].setdefault(name, []).append("rows of this shard are not together "
+                                                            "in manifest.parquet")
+            return
+        checked.add(name)
+        if name not in sizes:
+            report["problems"].setdefault(name, []).append("in manifest.parquet, not in sizes.json")
+            return
+        result = _check_shard(root / name, sizes[name], keys, full)
+        report["samples"] += result["samples"]
+        if result["problems"]:
+            report["problems"][name] = result["problems"]
+        bar.update()
+
+    for name, keys in _manifest_keys_by_shard(root / "manifest.parquet"):
+        check(name, keys)
+    for name in sorted(set(sizes) - checked):  # shards without manifest rows (empty ones)
+        check(name, [])
+    for path in sorted(root.glob("*.tar")):
+        if path.name not in sizes:
+            report["problems"].setdefault(path.name, []).append("tar not listed in sizes.json")
+    bar.close()
+    report["ok"] = not report["problems"]
+    return report
+
+
+def print_verify_report(report: dict) -> None:
+    """Print what ``verify_shards`` found, one line per problem."""
+    for shard, problems in sorted(report["problems"].items()):
+        for problem in problems:
+            print(f"{shard}: {problem}")
+    status = "OK" if report["ok"] else f"FAILED ({len(report['problems'])} shards with problems)"
+    print(f"{report['shards']} shards, {report['samples']} samples: {status}")

@@ -1,0 +1,345 @@
+"""The streaming passes behind ``datascale subsets make`` (see :mod:`data_tools.subsets`).
+
+Pass 0 (only for ``top_classes``): class frequencies from the labels column.
+Pass 1 (only for sizes given as counts): the rank column (and labels, for a
+class-restricted subset) up to the largest boundary, to find each subset's
+max_rank; fractions f need no pass, their max_rank is f (design rule 1).
+Pass 2: every column up to the largest boundary; each batch is cut at the
+boundaries, tallied once per segment and appended to each subset's manifest.
+
+Memory: one batch (``batch_rows`` rows) plus O(classes x subsets) counters.
+Time: one read of the manifest prefix the largest subset covers.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from datascale.atomic import atomic_path, write_json
+from datascale.config import to_dict
+from datascale.errors import DataError
+from datascale.lineage import config_record, is_complete, mark_complete, prepare_output_dir
+from data_tools.labels import Vocabulary
+from data_tools.sources import iter_parquet_batches
+from data_tools.subset_stats import SegmentTally, ancestor_table, list_arrays, map_labels
+from data_tools.subsets import (STAGE, SUBSET_FILE, ShardEntry, Subset, SubsetsConfig,
+                                load_subset, parse_sizes, resolve_classes, restricted_vocabulary,
+                                shards_salt, size_name)
+
+
+def _batches(manifest: Path, columns: list[str] | None, batch_rows: int):
+    return iter_parquet_batches(manifest, columns, batch_rows)
+
+
+def _class_counts(manifest: Path, num_classes: int, batch_rows: int) -> np.ndarray:
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for batch in _batches(manifest, ["labels"], batch_rows):
+        values, _ = list_arrays(batch.column("labels"))
+        counts += np.bincount(values, minlength=num_classes)
+    return counts
+
+
+def _kept_rows(batch, label_map: np.ndarray | None) -> np.ndarray | None:
+    if label_map is None:
+        return None
+    values, offsets = list_arrays(batch.column("labels"))
+    _, new_offsets = map_labels(values, offsets, label_map)
+    return np.diff(new_offsets) > 0
+
+
+def find_boundaries(manifest: Path, targets: list[int], label_map: np.ndarray | None,
+                    batch_rows: int) -> list[float]:
+    """max_rank per target count: the rank of the (n+1)-th eligible row, or 1.0 for all rows.
+
+    Checks that ranks never decrease (the shards contract) up to the largest
+    boundary. Raises DataError when a target exceeds the eligible rows.
+    """
+    columns = ["rank"] + (["labels"] if label_map is not None else [])
+    found: dict[int, float] = {}
+    seen, last = 0, -1.0
+    for batch in _batches(manifest, columns, batch_rows):
+        ranks = np.asarray(batch.column("rank"), dtype=np.float64)
+        if len(ranks) and (ranks[0] < last or np.any(np.diff(ranks) < 0)):
+            raise DataError(f"{manifest}: ranks are not in increasing order; the shards were not "
+                            "written by `datascale shards write` (re-shard them)")
+        last = ranks[-1] if len(ranks) else last
+        kept = _kept_rows(batch, label_map)
+        eligible = ranks if kept is None else ranks[kept]
+        for target in targets:
+            if target not in found and seen <= target < seen + len(eligible):
+                found[target] = float(eligible[target - seen])
+        seen += len(eligible)
+        if len(found) == len(targets):
+            break
+    for target in targets:
+        if target not in found:
+            if target > seen:
+                raise DataError(f"a subset of {target:,} images is larger than the collection "
+                                f"({seen:,} eligible images); use sizes up to {seen:,}")
+            found[target] = 1.0
+    return [found[t] for t in targets]
+
+
+class _SubsetPass:
+    """Pass 2 state: per-segment tallies, per-shard counts, dropped counts, writers."""
+
+    def __init__(self, boundaries: list[float], vocab: Vocabulary, label_map, num_out: int):
+        self.boundaries = boundaries
+        self.closure = ancestor_table(vocab)
+        self.label_map = label_map
+        self.tallies = [SegmentTally(num_out) for _ in boundaries]
+        self.shards = [collections.Counter() for _ in boundaries]
+        self.dropped = [collections.Counter() for _ in boundaries]
+
+    def restrict(self, batch):
+        """Keep rows with a kept label; labels (and true_labels) renumbered."""
+        import pyarrow as pa
+        values, offsets = list_arrays(batch.column("labels"))
+        mapped, new_offsets = map_labels(values, offsets, self.label_map)
+        kept = np.diff(new_offsets) > 0
+        columns = {name: batch.column(name) for name in batch.schema.names}
+        columns["labels"] = pa.ListArray.from_arrays(new_offsets.astype(np.int32),
+                                                     mapped.astype(np.int32))
+        if "true_labels" in columns:
+            tv, to = list_arrays(batch.column("true_labels"))
+            tm, tno = map_labels(tv, to, self.label_map)
+            columns["true_labels"] = pa.ListArray.from_arrays(tno.astype(np.int32),
+                                                              tm.astype(np.int32))
+        table = pa.table(columns).cast(batch.schema)
+        return table.filter(pa.array(kept)), values, offsets, kept
+
+    def add(self, batch, write) -> bool:
+        """Tally and write one manifest batch; False once past the largest boundary."""
+        import pyarrow as pa
+        ranks = np.asarray(batch.column("rank"), dtype=np.float64)
+        cuts = np.searchsorted(ranks, self.boundaries, side="left")
+        source_values, source_offsets = list_arrays(batch.column("labels"))
+        table = pa.Table.from_batches([batch])
+        kept = None
+        if self.label_map is not None:
+            table, source_values, source_offsets, kept = self.restrict(batch)
+        start = 0
+        for seg, cut in enumerate(cuts):
+            self._segment(seg, batch, start, int(cut), source_values, source_offsets, kept)
+            start = int(cut)
+        for j, cut in enumerate(cuts):
+            rows = int(cut) if kept is None else int(kept[:cut].sum())
+            if rows:
+                write(j, table.slice(0, rows))
+        return bool(cuts[-1] == len(ranks))
+
+    def _segment(self, seg, batch, lo, hi, values, offsets, kept) -> None:
+        if hi <= lo:
+            return
+        seg_offsets = offsets[lo: hi + 1]
+        seg_values = values[seg_offsets[0]: seg_offsets[-1]]
+        seg_offsets = seg_offsets - seg_offsets[0]
+        shard_names = batch.column("shard").slice(lo, hi - lo)
+        if kept is not None:
+            seg_kept = kept[lo:hi]
+            self.dropped[seg]["images"] += int((~seg_kept).sum())
+            self.dropped[seg]["rows_before_restriction"] += hi - lo
+            row_keep = np.repeat(seg_kept, np.diff(seg_offsets))
+            self.dropped[seg]["labels"] += int((self.label_map[seg_values] < 0).sum())
+            self.dropped[seg]["labels_before_restriction"] += len(seg_values)
+            # Tally only the rows that stay; their stored labels, mapped inside the tally.
+            seg_values = seg_values[row_keep]
+            seg_offsets = np.concatenate([[0], np.cumsum(np.diff(seg_offsets)[seg_kept])])
+            shard_names = shard_names.filter(seg_kept)
+        self.tallies[seg].add(seg_values, seg_offsets, self.closure, self.label_map)
+        import pyarrow.compute as pc
+        for entry in pc.value_counts(shard_names).to_pylist():
+            self.shards[seg][entry["values"]] += entry["counts"]
+
+
+def _subset_entries(sizes: dict[str, int], counts: collections.Counter, max_rank: float,
+                    restricted: bool) -> list[ShardEntry]:
+    names = sorted(sizes)
+    used = [i for i, n in enumerate(names) if counts.get(n, 0) > 0]
+    if not used:
+        return []
+    entries = []
+    for name in names[: used[-1] + 1]:
+        samples = counts.get(name, 0)
+        boundary = samples < sizes[name] if not restricted else max_rank < 1.0
+        entries.append(ShardEntry(name, samples, False))
+        entries[-1].filter = False if name != names[used[-1]] else bool(boundary)
+    return entries
+
+
+def _plan(cfg: SubsetsConfig, manifest: Path, vocab: Vocabulary, total: int):
+    """(kept classes, label map, [(name, requested images, max_rank, fraction)] ascending)."""
+    keep = None
+    if cfg.classes or cfg.top_classes:
+        counts = (_class_counts(manifest, len(vocab), cfg.batch_rows) if cfg.top_classes
+                  else None)
+        keep = resolve_classes(cfg, vocab, counts)
+    label_map = None
+    if keep is not None:
+        label_map = np.full(len(vocab), -1, dtype=np.int64)
+        label_map[np.asarray(keep)] = np.arange(len(keep))
+    texts = [str(s).strip() for s in cfg.sizes]
+    fractions, values = parse_sizes(texts)
+    if fractions:
+        requested, boundaries = [None] * len(texts), values
+    else:
+        requested = values
+        too_big = [n for n in requested if n > total]
+        if too_big and label_map is None:
+            raise DataError(f"a subset of {max(too_big):,} images is larger than the collection "
+                            f"({total:,} images); use sizes up to {total:,}")
+        boundaries = find_boundaries(manifest, requested, label_map, cfg.batch_rows)
+    names = cfg.names or [None] * len(texts)
+    suffix = f"-{len(keep)}classes" if keep is not None else ""
+    plan = []
+    for text, name, req, boundary in zip(texts, names, requested, boundaries):
+        plan.append({"name": name or (size_name(req) if req else f"f{text}") + suffix,
+                     "size": text, "requested": req, "max_rank": boundary})
+    if len({p["name"] for p in plan}) != len(plan):
+        raise DataError(f"subset names repeat ({', '.join(p['name'] for p in plan)}); "
+                        "give distinct sizes or --names")
+    return keep, label_map, sorted(plan, key=lambda p: p["max_rank"])
+
+
+def make_subsets(shards_dir: str | Path, out_dir: str | Path, cfg: SubsetsConfig | None = None,
+                 *, force: bool = False, progress: bool = True) -> list[Subset]:
+    """Cut the nested subsets of ``cfg`` from a shards folder into ``out_dir/NAME/``.
+
+    Returns the subsets (ascending). A subset folder that is complete with
+    the same config is left as it is. See the module docstring for memory.
+    """
+    import pyarrow.parquet as pq
+    cfg = cfg or SubsetsConfig()
+    cfg.validate()
+    root, out = Path(shards_dir).resolve(), Path(out_dir)
+    manifest = root / "manifest.parquet"
+    if not is_complete(root) or not manifest.is_file():
+        raise DataError(f"{root}: not a finished shards folder (no complete.json or "
+                        "manifest.parquet); run `datascale shards write` first")
+    vocab = Vocabulary.load(root / "classes.json")
+    sizes = json_load(root / "sizes.json")
+    total = pq.ParquetFile(manifest).metadata.num_rows
+    keep, label_map, plan = _plan(cfg, manifest, vocab, total)
+    # The shards' complete.json is rewritten by every `shards write`, so its hash
+    # pins the manifest without reading it (hashing a 300M-row manifest takes minutes).
+    base_record = config_record(STAGE, to_dict(cfg), {"shards_complete": root / "complete.json",
+                                                       "shards_sizes": root / "sizes.json",
+                                                       "shards_classes": root / "classes.json"})
+    folders = [out / p["name"] for p in plan]
+    states = []
+    for p, folder in zip(plan, folders):
+        record = {**base_record, "config": {**base_record["config"], "subset": p["name"]}}
+        states.append(prepare_output_dir(folder, record, force=force))
+    if all(s == "complete" for s in states):
+        return [load_subset(f) for f in folders]
+    num_out = len(keep) if keep is not None else len(vocab)
+    state = _SubsetPass([p["max_rank"] for p in plan], vocab, label_map, num_out)
+    # A subset of every row is the shards manifest itself: copy the file instead of re-encoding.
+    copies = {j for j, p in enumerate(plan) if p["max_rank"] >= 1.0 and label_map is None}
+    _stream_pass(manifest, folders, state, copies, cfg.batch_rows, total, progress)
+    for j in copies:
+        with atomic_path(folders[j] / "manifest.parquet") as tmp:
+            shutil.copyfile(manifest, tmp)
+    return [_finish(p, j, f, state, root, sizes, keep, vocab, total)
+            for j, (p, f) in enumerate(zip(plan, folders))]
+
+
+def _stream_pass(manifest: Path, folders: list[Path], state: _SubsetPass, copies: set[int],
+                 batch_rows: int, total: int, progress: bool) -> None:
+    """Pass 2: tally every batch on this thread, append subset rows on a writer thread.
+
+    pyarrow releases the GIL while encoding, so writing overlaps reading and
+    counting; at most 8 slices wait for the writer (bounded memory).
+    """
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+    from data_tools.shards import MANIFEST_WRITE_OPTIONS
+    schema = pq.ParquetFile(manifest).schema_arrow
+    pending: collections.deque = collections.deque()
+    with contextlib.ExitStack() as stack:
+        writers = {j: stack.enter_context(pq.ParquetWriter(
+            stack.enter_context(atomic_path(f / "manifest.parquet")), schema,
+            **MANIFEST_WRITE_OPTIONS)) for j, f in enumerate(folders) if j not in copies}
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+        bar = stack.enter_context(tqdm(total=total, desc="subsets", unit=" row",
+                                       disable=not progress))
+
+        def write(j: int, table) -> None:
+            if j in writers:
+                pending.append(pool.submit(writers[j].write_table, table))
+            while len(pending) > 8:
+                pending.popleft().result()
+
+        for batch in _batches(manifest, None, batch_rows):
+            going = state.add(batch, write)
+            bar.update(len(batch))
+            if not going:
+                break
+        while pending:
+            pending.popleft().result()
+
+
+def json_load(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"missing {path}") from None
+
+
+def _finish(p: dict, j: int, folder: Path, state: _SubsetPass, root: Path, sizes: dict,
+            keep, vocab: Vocabulary, total: int) -> Subset:
+    """Sum the segments below subset j and write its subset.json, stats.json, classes.json."""
+    tally = SegmentTally(len(state.tallies[0].counts))
+    counts: collections.Counter = collections.Counter()
+    dropped: collections.Counter = collections.Counter()
+    for seg in range(j + 1):
+        tally.merge(state.tallies[seg])
+        counts.update(state.shards[seg])
+        dropped.update(state.dropped[seg])
+    entries = _subset_entries(sizes, counts, p["max_rank"], keep is not None)
+    fraction = p["max_rank"] if p["requested"] is None else tally.images / max(total, 1)
+    subset = Subset(p["name"], tally.images, p["max_rank"], shards_salt(root), root, entries,
+                    keep, fraction, folder)
+    data = subset.to_json()
+    data["shards_root"] = os.path.relpath(root, folder.resolve())
+    data["num_classes"] = len(keep) if keep is not None else len(vocab)
+    write_json(folder / SUBSET_FILE, data)
+    if keep is None:
+        shutil.copyfile(root / "classes.json", folder / "classes.json")
+    else:
+        restricted_vocabulary(vocab, keep).save(folder / "classes.json")
+    stats = {"name": p["name"], "requested_images": p["requested"], "max_rank": p["max_rank"],
+             "fraction": fraction, "shards": len(entries), **tally.summary()}
+    if keep is not None:
+        stats["restriction"] = {"classes_kept": len(keep), "classes_total": len(vocab),
+                                "dropped": dict(dropped)}
+    write_json(folder / "stats.json", stats, indent=None)  # C encoder: 18k-class lists
+    mark_complete(folder, {"images": tally.images, "max_rank": p["max_rank"]})
+    return subset
+
+
+def cmd_make(args) -> int:
+    """``datascale subsets make``: shortcut flags become ``--set`` overrides (kept in lineage)."""
+    from scaling.cli import config_from_args
+    for key in ("sizes", "names", "classes"):
+        value = getattr(args, key)
+        if value is not None:
+            # A JSON list of strings is valid YAML: "1.0" stays the text "1.0", not a float.
+            items = [v.strip() for v in value.split(",") if v.strip()]
+            args.overrides.append(f"{key}={json.dumps(items)}")
+    if args.top_classes is not None:
+        args.overrides.append(f"top_classes={args.top_classes}")
+    cfg = config_from_args(SubsetsConfig, args)
+    subsets = make_subsets(args.shards, args.out, cfg, force=args.force, progress=not args.quiet)
+    for subset in subsets:
+        print(f"{subset.name}: {subset.images:,} images, {len(subset.shards)} shards, "
+              f"max_rank {subset.max_rank:.6g} -> {Path(args.out) / subset.name}")
+    return 0

@@ -1,0 +1,110 @@
+"""Batches: image layout and range, dense/sparse multi-hot targets, closure, eval coverage."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from data_tools.loader import LoaderConfig, make_eval_loader, make_train_loader
+from data_tools.shards import load_manifest
+from data_tools.subsets import load_subset
+from test_shards_data import CLASSES, small_shards
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return small_shards(tmp_path_factory.mktemp("batches"), images=24, per_shard=5)
+
+
+def _labels_by_key(shards):
+    manifest = load_manifest(shards)
+    return dict(zip(manifest["key"], manifest["labels"].map(list)))
+
+
+def test_train_batches_are_nchw_in_unit_range_with_dense_multi_hot_targets(shards):
+    cfg = LoaderConfig(batch_size=8, num_workers=2, shuffle_buffer=6, image_size=24)
+    loader = make_train_loader(shards, cfg, num_classes=7)
+    truth = _labels_by_key(shards)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 3
+    for batch in batches:
+        assert batch.images.shape == (8, 3, 24, 24) and batch.images.dtype == torch.float32
+        assert batch.images.min() >= -1.0 and batch.images.max() <= 1.0
+        assert batch.images.std() > 0.1  # real photo content, not a constant
+        assert batch.targets.shape == (8, 7) and batch.targets.dtype == torch.float32
+        for row, key in enumerate(batch.keys):
+            assert batch.labels[row] == truth[key] == batch.label_lists[row]
+            assert torch.nonzero(batch.targets[row]).flatten().tolist() == truth[key]
+    assert loader.epoch == 1 and loader.samples_seen == 0
+
+
+def test_sparse_targets_equal_dense_and_closure_adds_ancestors(shards):
+    dense_cfg = LoaderConfig(batch_size=6, num_workers=0, image_size=16, hierarchy_closure=True)
+    sparse_cfg = LoaderConfig(batch_size=6, num_workers=2, image_size=16, hierarchy_closure=True,
+                              targets="sparse")
+    dense = list(make_eval_loader(shards, dense_cfg, num_classes=7))
+    sparse = list(make_eval_loader(shards, sparse_cfg, num_classes=7))
+    assert sorted(k for b in dense for k in b.keys) == sorted(k for b in sparse for k in b.keys)
+    by_key = {k: row for b in dense for k, row in zip(b.keys, b.targets)}
+    for batch in sparse:
+        assert batch.targets.is_sparse
+        for key, row in zip(batch.keys, batch.targets.to_dense()):
+            assert torch.equal(row, by_key[key])
+    parent = {c["id"]: c["parent"] for c in CLASSES}
+    truth = _labels_by_key(shards)
+    for key, row in by_key.items():
+        closed = set(truth[key]) | {parent[i] for i in truth[key] if parent[i] is not None}
+        assert set(torch.nonzero(row).flatten().tolist()) == closed
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_eval_loader_yields_every_sample_once_in_a_fixed_order(shards, workers):
+    cfg = LoaderConfig(batch_size=5, num_workers=workers, image_size=16)
+    first = [k for b in make_eval_loader(shards, cfg, num_classes=7) for k in b.keys]
+    again = [k for b in make_eval_loader(shards, cfg, num_classes=7) for k in b.keys]
+    assert first == again and sorted(first) == sorted(_labels_by_key(shards))
+    assert len(first) == len(set(first)) == 24
+    ranks = [[k for b in make_eval_loader(shards, cfg, num_classes=7, rank=r, world_size=2)
+              for k in b.keys] for r in (0, 1)]
+    assert not set(ranks[0]) & set(ranks[1]) and len(ranks[0]) + len(ranks[1]) == 24
+
+
+def test_eval_is_a_centre_crop_and_paper_transform_is_299(shards):
+    cfg = LoaderConfig(batch_size=3, num_workers=0, image_size=16)
+    a = next(iter(make_eval_loader(shards, cfg, num_classes=7)))
+    b = next(iter(make_eval_loader(shards, cfg, num_classes=7)))
+    assert torch.equal(a.images, b.images)
+    paper = LoaderConfig(batch_size=2, num_workers=0, transform="paper")
+    batch = next(iter(make_train_loader(shards, paper, num_classes=7)))
+    assert batch.images.shape == (2, 3, 299, 299)
+
+
+def test_a_subset_folder_is_a_source_and_only_its_samples_are_read(shards, tmp_path):
+    from data_tools.subset_make import make_subsets
+    from data_tools.subsets import SubsetsConfig
+    make_subsets(shards, tmp_path / "sub", SubsetsConfig(sizes=["9"]), progress=False)
+    subset = load_subset(tmp_path / "sub" / "9")
+    cfg = LoaderConfig(batch_size=4, num_workers=0, image_size=16)
+    keys = [k for b in make_eval_loader(subset, cfg, num_classes=7) for k in b.keys]
+    assert keys == load_manifest(tmp_path / "sub" / "9")["key"].tolist()
+    train = make_train_loader(tmp_path / "sub" / "9", cfg, num_classes=7)
+    seen = {k for _ in range(3) for b in train for k in b.keys}
+    assert seen == set(keys)
+
+
+def test_a_missing_shard_is_counted_not_fatal(tmp_path):
+    import json
+    shards = small_shards(tmp_path, images=12, per_shard=4, name="damaged")
+    sizes = json.loads((shards / "sizes.json").read_text())
+    (shards / "shard-000001.tar").unlink()
+    cfg = LoaderConfig(batch_size=4, num_workers=2, image_size=16)
+    loader = make_eval_loader(shards, cfg, num_classes=7)
+    keys = [k for b in loader for k in b.keys]
+    lost = sizes["shard-000001.tar"]
+    assert len(keys) == 12 - lost
+    assert loader.skipped["missing_shard"] == 1 and loader.skipped["missing_sample"] == lost
+    train = make_train_loader(shards, LoaderConfig(batch_size=4, num_workers=0, image_size=16),
+                              num_classes=7)
+    batches = list(train)
+    assert all(b.positions == 4 for b in batches)
+    assert sum(len(b.keys) for b in batches) < 12 and train.skipped["missing_sample"] >= 1
