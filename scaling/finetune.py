@@ -1,0 +1,338 @@
+"""``datascale finetune``: the one downstream training loop, for every task and mode.
+
+    datascale finetune --task detection --mode frozen \\
+        --backbone runs/pretrain/30M/backbone.pt --data WORLD/detection --out runs/finetune/detection/30M-frozen
+
+Steps: load the backbone (or build a random one), freeze conv1..conv4 in
+``frozen`` mode (parameters and batch-norm statistics, as in the paper), read
+and check the task's data, build the task model (``scaling.tasks``), train
+``train.steps`` steps (metrics.jsonl, a tqdm bar, a stop on a NaN/inf loss),
+evaluate on the original test set and, when ``data.cleaned_test`` names the
+de-duplicated one, on that too, then write metrics.json and complete.json.
+
+Batch norm in fine-tune mode (``train.bn_stats``): the demo configs update the
+statistics with the rest of the network (8+ images per step give usable
+statistics, and a random-init baseline needs them); the paper-sized detection
+and segmentation configs keep them at their pretrained values, as detection
+and DeepLab codebases do with a few images per GPU. Frozen mode always fixes
+them before conv5.
+
+A run folder is resumable in the lineage sense only: a complete run with the
+same config and inputs is skipped; an interrupted one is restarted from step
+0 (demo runs take seconds, so no mid-run checkpoints are written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from datascale.atomic import append_jsonl, write_json
+from datascale.config import load_config, read_yaml, resolve_config_path
+from datascale.errors import ConfigError, DatascaleError, DataError
+from datascale.lineage import config_record, mark_complete, prepare_output_dir, sha256_file
+from scaling.cli import add_config_args, subcommand
+from scaling.tasks.config import TASK_NAMES, FinetuneConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+METRICS_LOG = "metrics.jsonl"
+METRICS_FILE = "metrics.json"
+FAILED_FILE = "failed.json"
+
+
+# --------------------------------------------------------------------------- optimizers
+
+
+def _sgd(params: list, train: TrainConfig):
+    import torch
+
+    return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+
+
+def _adamw(params: list, train: TrainConfig):
+    import torch
+
+    return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+
+
+#: ``train.optimizer`` name -> factory(trainable parameters, train config).
+OPTIMIZERS: dict[str, Callable[[list, TrainConfig], Any]] = {"sgd": _sgd, "adamw": _adamw}
+
+
+def lr_factor(step: int, train: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to zero at ``steps``."""
+    if step < train.warmup_steps:
+        return (step + 1) / train.warmup_steps
+    progress = (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def choose_threads(requested: int) -> int:
+    """CPU threads for torch: ``requested``, or (0) the cores this process may use that other
+    processes are not already keeping busy (by the 1-minute load average), at least 1.
+
+    Why: torch's OpenMP threads spin while they wait for each other; on a
+    shared machine two threads fighting other processes for two cores ran a
+    step 8x slower than one thread did (benchmarks/bench_finetune.py).
+    """
+    if requested:
+        return requested
+    cores = len(os.sched_getaffinity(0))
+    busy = os.getloadavg()[0]
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
+# --------------------------------------------------------------------------- backbone + lineage
+
+
+def initial_backbone(cfg: FinetuneConfig, dilation: tuple[bool, bool, bool]):
+    """(backbone, meta) to start from: random (``init=random``) or loaded from ``cfg.backbone``.
+
+    ``meta`` is backbone.json's content ({} plus ``arch`` for a bare checkpoint).
+    """
+    from scaling.models import backbone_paths, build_backbone, load_backbone
+
+    if cfg.init == "random":
+        return build_backbone(cfg.arch, replace_stride_with_dilation=dilation), {"arch": cfg.arch}
+    weights, meta_path = backbone_paths(cfg.backbone)
+    if cfg.init == "pretrained" and not meta_path.is_file():
+        raise DataError(f"init=pretrained expects {meta_path} beside the weights (written by "
+                        "save_backbone); for another checkpoint use --init checkpoint --arch ARCH")
+    return load_backbone(weights, cfg.arch, replace_stride_with_dilation=dilation)
+
+
+def run_lineage(cfg: FinetuneConfig, meta: dict) -> dict:
+    """The ``lineage:`` mapping of config.yaml (docs/formats.md, "Run folders")."""
+    source = meta.get("lineage") or {}
+    weights = None
+    if cfg.backbone is not None:
+        from scaling.models import backbone_paths
+
+        weights = backbone_paths(cfg.backbone)[0]
+    pretrain_run = source.get("pretrain_run")
+    if pretrain_run is None and cfg.init == "pretrained" and weights is not None:
+        pretrain_run = str(weights.resolve().parent)
+    return {
+        "task": cfg.task, "mode": cfg.mode, "seed": cfg.seed, "arch": meta.get("arch", cfg.arch),
+        "init": cfg.init, "pretrain_run": pretrain_run,
+        "subset_name": source.get("subset_name"), "subset_images": source.get("subset_images"),
+        "num_classes": meta.get("num_classes"), "steps": cfg.train.steps,
+        "pretrain_steps": source.get("steps"),
+        "backbone": str(weights.resolve()) if weights else None,
+        "backbone_sha256": sha256_file(weights) if weights else None,
+    }
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _batches(loader):
+    """Endless batches: the loader reshuffles on every pass."""
+    while True:
+        yield from loader
+
+
+def train(task, model, train_set, cfg: FinetuneConfig, out_dir: Path, progress: dict) -> None:
+    """Run ``cfg.train.steps`` optimizer steps; log to metrics.jsonl every ``log_every`` steps.
+
+    Raises DatascaleError when the loss becomes NaN or inf. Memory: one batch
+    plus the model's activations; time: steps x step time (benchmarks/bench_finetune.py).
+    """
+    import torch
+    from tqdm import tqdm
+
+    t = cfg.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = OPTIMIZERS[t.optimizer](params, t)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, t))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_size=t.batch_size, shuffle=True, collate_fn=task.collate, generator=generator,
+        num_workers=cfg.data.num_workers, drop_last=len(train_set) > t.batch_size,
+        persistent_workers=cfg.data.num_workers > 0)  # workers keep their image caches across passes
+    batches = _batches(loader)
+    model.train()
+    started = time.perf_counter()
+    bar = tqdm(range(1, t.steps + 1), desc=f"finetune {task.name} ({cfg.mode})", unit="step", disable=None)
+    for step in bar:
+        progress["step"] = step
+        terms = task.loss(model, next(batches))
+        loss = sum(terms.values())
+        if not torch.isfinite(loss):
+            values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+            raise DatascaleError(f"the training loss became {loss.item()} at step {step} ({values}); "
+                                 f"lower train.lr (now {t.lr}) or check the annotations")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, t.clip_grad_norm)
+        optimizer.step()
+        schedule.step()
+        if step % t.log_every == 0 or step == t.steps:
+            elapsed = time.perf_counter() - started
+            record = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in terms.items()},
+                      "lr": optimizer.param_groups[0]["lr"], "seconds_per_step": elapsed / step}
+            append_jsonl(out_dir / METRICS_LOG, record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+
+
+def prepare(task, cfg: FinetuneConfig, backbone, meta: dict) -> tuple[Any, Any, dict]:
+    """Seed, freeze (by mode), read and check the data, build the task model.
+
+    Returns (model, training set, {test set name: test set}); the cleaned test
+    set is present only when ``data.cleaned_test`` is set.
+    """
+    import numpy as np
+    import torch
+
+    from scaling.models import fix_batchnorm_stats, freeze_stages
+    from scaling.tasks.common import TEST_SETS
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    # Freeze before the task model wraps the backbone's layers (see fix_batchnorm_stats).
+    if cfg.mode == "frozen":
+        frozen = freeze_stages(backbone)
+        log.info("frozen mode: %d parameters of conv1..conv4 fixed, batch-norm statistics fixed", frozen)
+    elif cfg.train.bn_stats == "frozen":
+        fix_batchnorm_stats(backbone)
+    train_set = task.load_train(cfg)
+    if len(train_set) == 0:
+        raise DataError(f"the {task.name} training set has no usable samples")
+    tests = {name: task.load_test(cfg, name) for name in TEST_SETS}
+    tests = {name: data for name, data in tests.items() if data is not None}
+    return task.build_model(backbone, cfg, train_set, meta), train_set, tests
+
+
+def train_and_evaluate(task, cfg: FinetuneConfig, backbone, meta: dict, out_dir: Path,
+                       progress: dict) -> tuple[dict, dict]:
+    """prepare, train, evaluate every test set. Returns (metrics by test set, skip counts)."""
+    model, train_set, tests = prepare(task, cfg, backbone, meta)
+    train(task, model, train_set, cfg, out_dir, progress)
+    cache: dict = {}
+    metrics = {name: task.evaluate(model, data, cfg, cache) for name, data in tests.items()}
+    flat = {f"{name}/{key}": value for name, values in metrics.items() for key, value in values.items()}
+    append_jsonl(out_dir / METRICS_LOG, {"step": cfg.train.steps, **flat})
+    skipped = {"train": dict(train_set.skipped), **{n: dict(d.skipped) for n, d in tests.items()}}
+    return metrics, skipped
+
+
+def run_finetune(cfg: FinetuneConfig, out_dir: str | Path, *, force: bool = False) -> dict:
+    """One downstream run into ``out_dir``; returns the content of metrics.json.
+
+    A complete run with the same config and inputs is not repeated. On any
+    error, failed.json ({"error", "step"}) is written and the error re-raised.
+    """
+    import torch
+
+    from scaling.tasks import get_task
+
+    out_dir = Path(out_dir)
+    task = get_task(cfg.task)
+    previous_threads = torch.get_num_threads()
+    threads = choose_threads(cfg.train.threads)
+    torch.set_num_threads(threads)
+    log.info("%s %s: %d CPU threads", cfg.task, cfg.mode, threads)
+    try:
+        backbone, meta = initial_backbone(cfg, task.dilation(cfg))
+        lineage = run_lineage(cfg, meta)
+        inputs = dict(task.input_files(cfg))
+        if lineage["backbone"] is not None:
+            inputs["backbone"] = Path(lineage["backbone"])
+        record = config_record("finetune", cfg, inputs, extra={"lineage": lineage})
+        state = prepare_output_dir(out_dir, record, force=force)
+        if state == "complete":
+            log.info("%s is complete for this config; nothing to do", out_dir)
+            return json.loads((out_dir / METRICS_FILE).read_text(encoding="utf-8"))
+        for stale in (METRICS_LOG, FAILED_FILE):  # an interrupted run restarts from step 0
+            (out_dir / stale).unlink(missing_ok=True)
+        progress = {"step": 0}
+        started = time.perf_counter()
+        try:
+            metrics, skipped = train_and_evaluate(task, cfg, backbone, meta, out_dir, progress)
+        except BaseException as exc:
+            write_json(out_dir / FAILED_FILE, {"error": f"{type(exc).__name__}: {exc}", "step": progress["step"]})
+            raise
+        result = {"task": cfg.task, "steps": cfg.train.steps, "metrics": metrics}
+        write_json(out_dir / METRICS_FILE, result)
+        mark_complete(out_dir, {"seconds": round(time.perf_counter() - started, 2), "skipped": skipped,
+                                "primary_metric": task.primary_metric})
+        return result
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+_FLAGS = ("task", "mode", "backbone", "init", "arch", "data", "cleaned_test", "steps", "seed")
+
+
+def config_from_cli(args: argparse.Namespace) -> FinetuneConfig:
+    """The run's config: the YAML file (default ``finetune/<task>``), then the flags, then ``--set``."""
+    flag = {name: getattr(args, name, None) for name in _FLAGS}  # unset flags are absent (SUPPRESS)
+    source = args.config or (f"finetune/{flag['task']}" if flag["task"] else None)
+    if source is None:
+        raise ConfigError("say which task: --task detection|segmentation|pose (or --config FILE)")
+    data = read_yaml(resolve_config_path(source))
+    data.update({k: flag[k] for k in ("task", "mode", "arch", "seed", "backbone", "init") if flag[k] is not None})
+    if flag["backbone"]:
+        from scaling.models import backbone_paths
+
+        described = backbone_paths(flag["backbone"])[1].is_file()
+        if not flag["init"]:
+            data["init"] = "pretrained" if described else "checkpoint"
+        if described and not flag["arch"]:
+            data["arch"] = None  # the architecture backbone.json names; --arch/--set arch= must match it
+    sections = {("data", "root"): flag["data"], ("data", "cleaned_test"): flag["cleaned_test"],
+                ("train", "steps"): flag["steps"]}
+    for (section, key), value in sections.items():
+        if value is not None:
+            data.setdefault(section, {})[key] = value
+    return load_config(FinetuneConfig, data, args.overrides)
+
+
+def _command(args: argparse.Namespace) -> int:
+    cfg = config_from_cli(args)
+    result = run_finetune(cfg, args.out, force=args.force)
+    for test_set, values in result["metrics"].items():
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in values.items() if "/" not in k)
+        print(f"{cfg.task} {cfg.mode} [{test_set}]: {shown}")
+    print(f"metrics: {Path(args.out) / METRICS_FILE}")
+    return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add ``datascale finetune`` (torch is imported only when it runs)."""
+    parser = subcommand(subparsers, "finetune", _command,
+                        help="fine-tune a backbone on detection, segmentation or pose (frozen or not)",
+                        description="Fine-tune a backbone on a downstream task (frozen or fine-tuned) and "
+                                    "evaluate it on the original and the de-duplicated test set.")
+    unset = argparse.SUPPRESS  # no "(default: None)" in --help; the config file holds the defaults
+    parser.add_argument("--task", choices=TASK_NAMES, default=unset,
+                        help="downstream task; its built-in config finetune/TASK is the default --config")
+    parser.add_argument("--mode", choices=("frozen", "finetune"), default=unset,
+                        help="frozen: conv1..conv4 fixed (the paper); finetune: everything trains")
+    parser.add_argument("--backbone", metavar="PATH", default=unset,
+                        help="backbone.pt or its folder from pretraining, or another checkpoint")
+    parser.add_argument("--init", choices=("random", "pretrained", "checkpoint"), default=unset,
+                        help="random: no backbone file; without it, pretrained if backbone.json exists, "
+                             "else checkpoint")
+    parser.add_argument("--arch", default=unset, help="backbone architecture (else from backbone.json)")
+    parser.add_argument("--data", metavar="DIR", default=unset,
+                        help="dataset folder (data.root), e.g. WORLD/detection")
+    parser.add_argument("--cleaned-test", metavar="FILE", default=unset,
+                        help="de-duplicated test set: COCO JSON or image list (data.cleaned_test)")
+    parser.add_argument("--steps", type=int, default=unset, help="optimizer steps (train.steps)")
+    parser.add_argument("--seed", type=int, default=unset, help="random seed")
+    parser.add_argument("--out", required=True, metavar="RUN", default=unset, help="run folder to write")
+    add_config_args(parser, None, FinetuneConfig)

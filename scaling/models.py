@@ -1,0 +1,435 @@
+"""ResNet backbones, the multi-label pretraining head, and backbone export/import.
+
+Every backbone is a :class:`Backbone`: a ResNet trunk without its classifier,
+with torchvision's attribute names (``conv1, bn1, relu, maxpool,
+layer1..layer4``), so a ``state_dict`` is interchangeable with torchvision's
+(minus ``fc``). Stages follow the paper's naming: ``conv1`` is the stem,
+``conv2..conv5`` are ``layer1..layer4``.
+
+Architectures live in the registry :data:`BACKBONES` (name -> factory):
+``resnet50/101/152`` are torchvision's (always ``weights=None``: nothing is
+ever downloaded) and ``resnet_demo`` is a small ResNet for 64-128 px images on
+a CPU, whose blocks accept dilation (torchvision's BasicBlock refuses it,
+DeepLab needs it for output stride 8).
+
+Backbones expect float images normalised with :data:`IMAGE_MEAN` /
+:data:`IMAGE_STD`: the paper's scaling of pixels to [-1, 1], which is exactly
+what the pretraining loader produces (``x / 127.5 - 1``), so pretraining,
+fine-tuning and the dedup embedder all feed a backbone the same inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from datascale.atomic import atomic_path, write_json
+from datascale.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_MEAN = (0.5, 0.5, 0.5)
+IMAGE_STD = (0.5, 0.5, 0.5)
+
+#: Paper stage name -> torchvision attribute names holding its parameters.
+STAGES: dict[str, tuple[str, ...]] = {
+    "conv1": ("conv1", "bn1"),
+    "conv2": ("layer1",),
+    "conv3": ("layer2",),
+    "conv4": ("layer3",),
+    "conv5": ("layer4",),
+}
+#: The stages the paper keeps fixed in "frozen" fine-tuning: everything before conv5.
+FROZEN_STAGES = ("conv1", "conv2", "conv3", "conv4")
+
+Dilation = tuple[bool, bool, bool]
+
+
+# --------------------------------------------------------------------------- resnet_demo
+
+
+class DemoBlock(nn.Module):
+    """Two 3x3 convs with a residual (a BasicBlock) that also accepts dilation."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None, dilation: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, padding=dilation,
+                               dilation=dilation, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class DemoResNet(nn.Module):
+    """A small ResNet (torchvision layout) for demo-sized images on CPU.
+
+    ``widths`` are the channels of layer1..layer4, ``blocks`` the blocks per
+    stage. ``replace_stride_with_dilation`` works as in torchvision: for
+    layer2..layer4, a True keeps the resolution and dilates instead.
+    """
+
+    def __init__(self, widths: Sequence[int] = (16, 32, 64, 128), blocks: Sequence[int] = (1, 1, 2, 1),
+                 replace_stride_with_dilation: Dilation = (False, False, False)) -> None:
+        super().__init__()
+        self.inplanes = widths[0]
+        self.dilation = 1
+        self.conv1 = nn.Conv2d(3, widths[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = self._make_layer(widths[0], blocks[0], 1, False)
+        self.layer2 = self._make_layer(widths[1], blocks[1], 2, replace_stride_with_dilation[0])
+        self.layer3 = self._make_layer(widths[2], blocks[2], 2, replace_stride_with_dilation[1])
+        self.layer4 = self._make_layer(widths[3], blocks[3], 2, replace_stride_with_dilation[2])
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int, dilate: bool) -> nn.Sequential:
+        # The first block of a dilated stage keeps the previous dilation, as in
+        # torchvision, so the receptive field grows smoothly.
+        previous_dilation = self.dilation
+        if dilate:
+            self.dilation *= stride
+            stride = 1
+        downsample = None
+        if stride != 1 or self.inplanes != planes:
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes, 1, stride, bias=False),
+                                       nn.BatchNorm2d(planes))
+        layers = [DemoBlock(self.inplanes, planes, stride, downsample, previous_dilation)]
+        self.inplanes = planes
+        layers += [DemoBlock(planes, planes, dilation=self.dilation) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+
+def _torchvision(name: str) -> Callable[[Dilation], nn.Module]:
+    def factory(replace_stride_with_dilation: Dilation) -> nn.Module:
+        import torchvision
+
+        return getattr(torchvision.models, name)(
+            weights=None, replace_stride_with_dilation=list(replace_stride_with_dilation))
+    return factory
+
+
+#: Architecture name -> factory(replace_stride_with_dilation) returning a ResNet-like trunk.
+BACKBONES: dict[str, Callable[[Dilation], nn.Module]] = {
+    "resnet_demo": lambda dilation: DemoResNet(replace_stride_with_dilation=dilation),
+    "resnet50": _torchvision("resnet50"),
+    "resnet101": _torchvision("resnet101"),
+    "resnet152": _torchvision("resnet152"),
+}
+
+
+# --------------------------------------------------------------------------- Backbone
+
+
+class Backbone(nn.Module):
+    """A ResNet trunk: ``forward`` gives pooled features, ``forward_stages`` every stage.
+
+    Attributes: ``arch`` (registry name), ``feature_dim`` (channels of conv5),
+    ``stage_channels`` (``{"conv1": C, ..., "conv5": C}``),
+    ``replace_stride_with_dilation``.
+    """
+
+    def __init__(self, arch: str, trunk: nn.Module, replace_stride_with_dilation: Dilation) -> None:
+        super().__init__()
+        self.arch = arch
+        self.replace_stride_with_dilation = tuple(replace_stride_with_dilation)
+        # Registration order matters: torchvision's IntermediateLayerGetter (FPN)
+        # walks the children in this order.
+        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+            setattr(self, name, getattr(trunk, name))
+        self.stage_channels = {"conv1": self.conv1.out_channels}
+        for stage in ("conv2", "conv3", "conv4", "conv5"):
+            (layer,) = STAGES[stage]
+            convs = [m for m in getattr(self, layer).modules() if isinstance(m, nn.Conv2d)]
+            self.stage_channels[stage] = convs[-1].out_channels
+        self.feature_dim = self.stage_channels["conv5"]
+
+    def forward_stages(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every stage's output for a (B, 3, H, W) batch: ``{"conv1": ..., "conv5": ...}``."""
+        out = {"conv1": self.maxpool(self.relu(self.bn1(self.conv1(x))))}
+        out["conv2"] = self.layer1(out["conv1"])
+        out["conv3"] = self.layer2(out["conv2"])
+        out["conv4"] = self.layer3(out["conv3"])
+        out["conv5"] = self.layer4(out["conv4"])
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Global-average-pooled conv5 features, shape (B, feature_dim)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+    def stage_modules(self, stage: str) -> list[nn.Module]:
+        """The modules holding a paper stage's parameters (``"conv4"`` -> [layer3])."""
+        if stage not in STAGES:
+            raise ConfigError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+        return [getattr(self, name) for name in STAGES[stage]]
+
+
+def build_backbone(arch: str, *, replace_stride_with_dilation: Sequence[bool] = (False, False, False)
+                   ) -> Backbone:
+    """A randomly initialised backbone of a registered architecture.
+
+    ``replace_stride_with_dilation`` (three booleans for layer2..layer4)
+    trades strides for dilation: (False, True, True) gives output stride 8.
+    Unknown ``arch`` raises ConfigError listing the registered names.
+    """
+    if arch not in BACKBONES:
+        raise ConfigError(f"unknown backbone architecture {arch!r}; registered: {', '.join(BACKBONES)}")
+    dilation = tuple(bool(d) for d in replace_stride_with_dilation)
+    if len(dilation) != 3:
+        raise ConfigError("replace_stride_with_dilation needs three booleans (layer2, layer3, layer4)")
+    return Backbone(arch, BACKBONES[arch](dilation), dilation)
+
+
+# --------------------------------------------------------------------------- freezing
+
+
+class FixedStatsBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm that always normalises with its running statistics and never updates them.
+
+    Unlike ``module.eval()``, this survives ``model.train()`` and wrappers such
+    as torchvision's IntermediateLayerGetter. Its state_dict keys are those of
+    BatchNorm2d, so checkpoints stay interchangeable. The affine weight and
+    bias still train unless their ``requires_grad`` is switched off.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            False, 0.0, self.eps)
+
+
+def _with_fixed_stats(bn: nn.BatchNorm2d) -> FixedStatsBatchNorm2d:
+    fixed = FixedStatsBatchNorm2d(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+    # Share, not copy: an optimizer built earlier keeps updating the same parameters.
+    fixed.weight, fixed.bias = bn.weight, bn.bias
+    fixed.running_mean, fixed.running_var = bn.running_mean, bn.running_var
+    fixed.num_batches_tracked = bn.num_batches_tracked
+    return fixed
+
+
+def fix_batchnorm_stats(module: nn.Module) -> int:
+    """Replace every BatchNorm2d inside ``module`` by FixedStatsBatchNorm2d, in place.
+
+    Parameters keep their identity. Call it before wrapping the modules into a
+    task model: containers built earlier still hold the old layers. Returns
+    the number of layers replaced.
+    """
+    replaced = 0
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, FixedStatsBatchNorm2d):
+            setattr(module, name, _with_fixed_stats(child))
+            replaced += 1
+        else:
+            replaced += fix_batchnorm_stats(child)
+    return replaced
+
+
+def freeze_stages(backbone: Backbone, stages: Iterable[str] = FROZEN_STAGES) -> int:
+    """Freeze whole stages: no gradients, batch-norm statistics fixed (the paper's frozen mode).
+
+    Call before building a task model on the backbone (see fix_batchnorm_stats).
+    Returns the number of parameters frozen.
+    """
+    frozen = 0
+    for stage in stages:
+        backbone.stage_modules(stage)  # raises ConfigError naming the valid stages
+        for name in STAGES[stage]:
+            module = getattr(backbone, name)
+            for param in module.parameters():
+                param.requires_grad_(False)
+                frozen += param.numel()
+            if isinstance(module, nn.BatchNorm2d):  # bn1 sits directly on the backbone
+                setattr(backbone, name, _with_fixed_stats(module))
+            else:
+                fix_batchnorm_stats(module)
+    return frozen
+
+
+# --------------------------------------------------------------------------- classifier
+
+
+class MultiLabelClassifier(nn.Module):
+    """Backbone + one fully connected layer of per-class logits (sigmoid cross-entropy).
+
+    The bias starts at log(p / (1 - p)) for the prior ``prior`` = p, so every
+    class starts at probability p rather than 0.5: with thousands of rare
+    classes a 0.5 start floods the loss with confident false positives
+    (the focal-loss prior initialisation). Weights start at N(0, 0.01).
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int, prior: float = 0.01) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ConfigError(f"num_classes must be at least 1, got {num_classes}")
+        if not 0.0 < prior < 1.0:
+            raise ConfigError(f"the class prior must lie strictly between 0 and 1, got {prior}")
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.fc = nn.Linear(backbone.feature_dim, num_classes)
+        nn.init.normal_(self.fc.weight, std=0.01)
+        nn.init.constant_(self.fc.bias, math.log(prior / (1.0 - prior)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) for a normalised image batch (B, 3, H, W)."""
+        return self.fc(self.backbone(x))
+
+
+# --------------------------------------------------------------------------- export / import
+
+
+def backbone_paths(path: str | Path) -> tuple[Path, Path]:
+    """(weights, metadata) paths: a folder holds backbone.pt + backbone.json; X.pt pairs with X.json."""
+    path = Path(path)
+    if path.suffix != ".pt":
+        path = path / "backbone.pt"
+    return path, path.with_suffix(".json")
+
+
+def save_backbone(backbone: Backbone | MultiLabelClassifier, path: str | Path, meta: dict) -> Path:
+    """Write backbone.pt (a plain state_dict of the trunk) and backbone.json, each atomically.
+
+    ``path`` is a folder (files ``backbone.pt``/``backbone.json`` inside) or a
+    ``.pt`` file (metadata beside it as ``.json``). ``meta`` may hold
+    ``num_classes``, ``classes_file``, ``lineage`` (a mapping; pretraining puts
+    ``pretrain_run``, ``subset_name``, ``subset_images``, ``steps`` there) and
+    any other JSON-safe keys; ``arch`` and ``feature_dim`` come from the model.
+    A classifier is exported without its ``fc`` head. Returns the .pt path.
+    """
+    trunk = backbone.backbone if isinstance(backbone, MultiLabelClassifier) else backbone
+    if not isinstance(trunk, Backbone):
+        raise TypeError(f"save_backbone expects a Backbone or MultiLabelClassifier, got {type(trunk).__name__}")
+    if meta.get("arch", trunk.arch) != trunk.arch:
+        raise DataError(f"meta says arch {meta['arch']!r} but the model is {trunk.arch!r}")
+    weights, meta_path = backbone_paths(path)
+    # clone(): a parameter may be a view into a larger flat buffer (DeepSpeed, FSDP);
+    # torch.save would otherwise write the whole buffer.
+    state = {k: v.detach().cpu().clone() for k, v in trunk.state_dict().items()}
+    record = {
+        **{k: v for k, v in meta.items() if k not in ("arch", "feature_dim")},
+        "arch": trunk.arch,
+        "num_classes": meta.get("num_classes"),
+        "feature_dim": trunk.feature_dim,
+        "classes_file": meta.get("classes_file"),
+        "lineage": dict(meta.get("lineage") or {}),
+        "image_mean": list(meta.get("image_mean", IMAGE_MEAN)),
+        "image_std": list(meta.get("image_std", IMAGE_STD)),
+    }
+    with atomic_path(weights) as tmp:
+        torch.save(state, tmp)
+    write_json(meta_path, record)
+    return weights
+
+
+def _extract_state_dict(raw: object, path: Path) -> dict[str, torch.Tensor]:
+    """The trunk's tensors from a plain state_dict or a common checkpoint wrapper."""
+    if isinstance(raw, dict):
+        for wrapper in ("module", "state_dict", "model"):
+            if isinstance(raw.get(wrapper), dict):
+                raw = raw[wrapper]
+                break
+    if not isinstance(raw, dict) or not raw:
+        raise DataError(f"{path} does not hold a state_dict (a mapping of parameter names to tensors)")
+    state = {}
+    for key, value in raw.items():
+        if not torch.is_tensor(value):
+            continue
+        for prefix in ("module.", "backbone."):  # DDP/DeepSpeed and MultiLabelClassifier prefixes
+            key = key.removeprefix(prefix)
+        if not key.startswith("fc."):
+            state[key] = value
+    return state
+
+
+_SIGNATURES: dict[str, dict[str, tuple[int, ...]]] = {}
+
+
+def _signature(arch: str) -> dict[str, tuple[int, ...]]:
+    """Parameter names and shapes of an architecture, built on the meta device (no memory)."""
+    if arch not in _SIGNATURES:
+        with torch.device("meta"):
+            model = build_backbone(arch)
+        _SIGNATURES[arch] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return _SIGNATURES[arch]
+
+
+def guess_arch(state: dict[str, torch.Tensor]) -> str | None:
+    """The registered architecture whose names and shapes match ``state`` exactly, if any."""
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    for arch in BACKBONES:
+        if _signature(arch) == shapes:
+            return arch
+    return None
+
+
+def load_backbone(path: str | Path, arch: str | None = None, *,
+                  replace_stride_with_dilation: Sequence[bool] = (False, False, False)
+                  ) -> tuple[Backbone, dict]:
+    """Load a backbone written by :func:`save_backbone` or any checkpoint of the same arch.
+
+    ``path``: a backbone folder, a ``backbone.pt``, or another checkpoint file
+    (a plain state_dict, possibly wrapped in ``module``/``state_dict``/``model``
+    and prefixed ``module.``/``backbone.``; ``fc.*`` is dropped). ``arch``
+    defaults to the one in the metadata beside the file. Returns
+    ``(backbone, meta)``; ``meta`` is ``{}`` plus ``arch`` without a .json.
+    Reads the file once with ``torch.load(weights_only=True)`` on CPU.
+    Raises DataError when the file holds another architecture, naming both.
+    """
+    weights, meta_path = backbone_paths(path)
+    if not weights.is_file():
+        raise DataError(f"backbone file not found: {weights}")
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    file_arch = meta.get("arch")
+    if arch and file_arch and arch != file_arch:
+        raise DataError(f"{weights} holds a {file_arch} backbone (per {meta_path.name}), "
+                        f"but {arch} was asked for; use a {arch} backbone or set arch: {file_arch}")
+    target = arch or file_arch
+    if not target:
+        raise DataError(f"{weights} has no {meta_path.name} naming its architecture; "
+                        f"say which it is (one of: {', '.join(BACKBONES)})")
+    try:
+        raw = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError on a truncated zip, ...
+        raise DataError(f"cannot read {weights} as a weights-only torch file: {exc}") from None
+    state = _extract_state_dict(raw, weights)
+    backbone = build_backbone(target, replace_stride_with_dilation=replace_stride_with_dilation)
+    expected = _signature(target)
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if found != expected:
+        held = guess_arch(state)
+        missing = sorted(set(expected) - set(found))
+        extra = sorted(set(found) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+        example = (missing + wrong + extra)[0]
+        raise DataError(
+            f"{weights} holds {'a ' + held if held else 'an unrecognised'} backbone, but {target} "
+            f"was asked for ({len(missing)} tensors missing, {len(extra)} unexpected, "
+            f"{len(wrong)} of another shape, e.g. {example}); "
+            "use a checkpoint of the same architecture")
+    backbone.load_state_dict(state, strict=True)
+    meta = {**meta, "arch": target}
+    log.info("loaded %s backbone from %s", target, weights)
+    return backbone, meta

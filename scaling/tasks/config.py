@@ -1,0 +1,167 @@
+"""The typed config of ``datascale finetune`` (no torch import: the CLI's help stays fast).
+
+One schema for all tasks: ``data`` and ``train`` are shared, and each task
+reads its own section (``detection``, ``segmentation``, ``pose``); the others
+keep their defaults and are recorded but unused. Built-in files live in
+``configs/finetune/`` (demo-sized ``detection``/``segmentation``/``pose`` and
+the paper-sized ``*_paper`` variants).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from datascale.config import require
+
+TASK_NAMES = ("detection", "segmentation", "pose")
+
+
+@dataclass
+class DataConfig:
+    """Where the task's dataset is. ``root`` follows the synthetic world's layout
+    (docs/formats.md); the ``*_annotations`` / ``*_images`` keys override single paths
+    (e.g. real COCO: ``train_images: COCO/train2017``)."""
+
+    root: str | None = None
+    train_split: str = "train"
+    test_split: str = "test"
+    train_annotations: str | None = None  # COCO JSON (detection, pose) or image list .txt (segmentation)
+    train_images: str | None = None
+    test_annotations: str | None = None
+    test_images: str | None = None
+    cleaned_test: str | None = None  # the test set without duplicates of pretraining images (dedup audit)
+    image_size: int = 128  # images are resized so that their long side has this many pixels
+    max_train_images: int = 0  # 0 = all
+    cache_images: bool = True  # keep decoded, resized images in memory (demo-sized data only)
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        require(self.image_size >= 32, "image_size", f"must be at least 32 pixels, got {self.image_size}")
+        require(self.max_train_images >= 0, "max_train_images", "must be 0 (all) or positive")
+        require(self.num_workers >= 0, "num_workers", "must be 0 or positive")
+
+
+@dataclass
+class TrainConfig:
+    """The one fine-tuning loop: ``steps`` optimizer steps of ``batch_size`` samples."""
+
+    steps: int = 60
+    batch_size: int = 8
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 10  # linear warm-up, then cosine decay to zero
+    clip_grad_norm: float = 10.0  # 0 = off
+    # Fine-tune mode only: "update" trains batch-norm statistics with the rest;
+    # "frozen" keeps them at the pretrained values (what detection codebases do
+    # with 1-2 images per GPU). Frozen mode always fixes them before conv5.
+    bn_stats: Literal["update", "frozen"] = "update"
+    hflip: bool = True  # random horizontal flips (detection, segmentation)
+    log_every: int = 10
+    eval_batch_size: int = 16
+    threads: int = 0  # torch CPU threads; 0 = the cores other processes leave idle (at least 1)
+
+    def validate(self) -> None:
+        require(self.steps >= 1, "steps", f"must be at least 1, got {self.steps}")
+        require(self.batch_size >= 1, "batch_size", "must be at least 1")
+        require(self.eval_batch_size >= 1, "eval_batch_size", "must be at least 1")
+        require(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        require(0 <= self.momentum < 1, "momentum", "must lie in [0, 1)")
+        require(self.weight_decay >= 0, "weight_decay", "must be 0 or positive")
+        require(self.warmup_steps >= 0, "warmup_steps", "must be 0 or positive")
+        require(self.clip_grad_norm >= 0, "clip_grad_norm", "must be 0 (off) or positive")
+        require(self.log_every >= 1, "log_every", "must be at least 1")
+        require(self.threads >= 0, "threads", "must be 0 (all cores) or positive")
+
+
+@dataclass
+class DetectionConfig:
+    """Faster R-CNN: C4 (conv1-conv4 shared by RPN and box head, conv5 on RoIAlign features) or FPN."""
+
+    fpn: bool = False
+    fpn_channels: int = 64
+    anchor_sizes: list[int] = field(default_factory=lambda: [16, 32, 64])
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    roi_output_size: int = 14  # C4: conv5 halves it; FPN: the MLP head sees this size
+    # RoIAlign sample points per bin side (0 = adaptive, torchvision's default is 2). Its CPU
+    # backward pass dominates a fine-tuning step; 1 suffices when bins are smaller than a feature pixel.
+    roi_sampling_ratio: int = 2
+    rpn_batch_size_per_image: int = 64
+    rpn_pre_nms_top_n_train: int = 300
+    rpn_post_nms_top_n_train: int = 150
+    rpn_pre_nms_top_n_test: int = 150
+    rpn_post_nms_top_n_test: int = 75
+    box_batch_size_per_image: int = 64
+    box_score_thresh: float = 0.01
+    box_detections_per_img: int = 50
+
+    def validate(self) -> None:
+        require(bool(self.anchor_sizes) and min(self.anchor_sizes) > 0, "anchor_sizes",
+                "needs positive sizes in pixels")
+        require(bool(self.aspect_ratios) and min(self.aspect_ratios) > 0, "aspect_ratios",
+                "needs positive ratios")
+        require(self.roi_output_size >= 2, "roi_output_size", "must be at least 2")
+        require(self.roi_sampling_ratio >= 0, "roi_sampling_ratio", "must be 0 (adaptive) or positive")
+        require(0 <= self.box_score_thresh < 1, "box_score_thresh", "must lie in [0, 1)")
+
+
+@dataclass
+class SegmentationConfig:
+    """DeepLab: four parallel 3x3 atrous branches after conv5 whose scores are summed."""
+
+    atrous_rates: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
+    output_stride: Literal[8, 16] = 8
+    num_classes: int = 0  # 0 = the number of lines in the dataset's labels.txt
+
+    def validate(self) -> None:
+        require(len(self.atrous_rates) >= 1 and min(self.atrous_rates) >= 1, "atrous_rates",
+                "needs at least one rate, each at least 1")
+        require(self.num_classes >= 0, "num_classes", "must be 0 (from labels.txt) or positive")
+
+
+@dataclass
+class PoseConfig:
+    """Top-down heatmaps (SimpleBaseline): deconvolutions on conv5 inside each person box."""
+
+    input_size: int = 96  # square crop around each person box, in pixels
+    output_stride: Literal[16, 32] = 32  # 16 dilates conv5: heatmaps twice as fine for the same cost of deconvolutions
+    box_expand: float = 1.25
+    deconv_layers: int = 3
+    deconv_channels: int = 64
+    heatmap_sigma: float = 1.5  # Gaussian target width in heatmap pixels
+    default_oks_sigma: float = 0.05  # per-keypoint OKS sigma when the category gives none
+
+    def validate(self) -> None:
+        require(self.input_size >= 32, "input_size", "must be at least 32 pixels")
+        require(self.box_expand >= 1.0, "box_expand", "must be at least 1")
+        require(1 <= self.deconv_layers <= 5, "deconv_layers", "must lie in 1..5")
+        require(self.heatmap_sigma > 0, "heatmap_sigma", "must be positive")
+        require(self.default_oks_sigma > 0, "default_oks_sigma", "must be positive")
+
+
+@dataclass
+class FinetuneConfig:
+    """``datascale finetune``: one downstream run on one backbone."""
+
+    task: Literal["detection", "segmentation", "pose"] = "detection"
+    mode: Literal["frozen", "finetune"] = "finetune"
+    init: Literal["random", "pretrained", "checkpoint"] = "pretrained"
+    backbone: str | None = None  # backbone.pt, a backbone folder, or another checkpoint
+    arch: str | None = None  # None = the architecture named in backbone.json
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    pose: PoseConfig = field(default_factory=PoseConfig)
+
+    def validate(self) -> None:
+        if self.init == "random":
+            require(self.backbone is None, "backbone", "init=random takes no backbone file; "
+                    "drop the backbone or choose init=pretrained")
+            require(self.arch is not None, "arch", "init=random needs an architecture, e.g. arch=resnet_demo")
+        else:
+            require(self.backbone is not None, "backbone",
+                    f"init={self.init} needs a backbone file (--backbone PATH), or use --init random")
