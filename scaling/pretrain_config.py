@@ -1,0 +1,156 @@
+"""The pretraining config schema and its translation into a DeepSpeed JSON config.
+
+Rule 3 of the design: every subset pretrains on the same step schedule
+(``schedule.steps``, ``schedule.global_batch``); only ``data.train`` differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from datascale.config import require
+from datascale.errors import ConfigError
+
+from data_tools.loader import LoaderConfig
+
+
+@dataclass
+class DataSection:
+    train: str = ""          # subset folder (datascale subsets make) or a whole shards folder
+    eval: str = ""           # shards folder of the densely labelled eval set
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    log_keys: bool = False   # write the keys each rank consumed to data/keys-rank{r}.txt
+
+
+@dataclass
+class ModelSection:
+    arch: str = "resnet_demo"
+    head_prior: float = 0.01  # initial per-class probability (bias init of the head)
+    init_from: str = ""       # backbone.pt of an earlier run ("ImageNet+300M" arm)
+    channels_last: bool = True  # on a GPU
+
+
+@dataclass
+class OptimSection:
+    name: Literal["rmsprop", "sgd", "adamw"] = "rmsprop"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    eps: float = 1.0              # RMSProp epsilon (1.0 as in Inception/TF-slim training)
+    lr_decay: float = 0.9         # multiply the lr by this ...
+    lr_decay_every: int = 3_000_000  # ... every this many steps (the paper: 0.9 every 3M)
+    warmup_steps: int = 0
+
+    def validate(self) -> None:
+        require(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        require(0 < self.lr_decay <= 1, "lr_decay", f"must be in (0, 1], got {self.lr_decay}")
+        require(self.lr_decay_every > 0, "lr_decay_every", "must be positive")
+        require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+
+
+@dataclass
+class LossSection:
+    # 0 = score every class; N > 0 = every positive of the batch plus N sampled
+    # negative classes per step (for 18k-class vocabularies on small batches).
+    negatives_per_step: int = 0
+
+    def validate(self) -> None:
+        require(self.negatives_per_step >= 0, "negatives_per_step", "must be >= 0")
+
+
+@dataclass
+class DeepSpeedSection:
+    zero_stage: int = 0
+    micro_batch: int = 32      # per rank and forward pass (the paper: 32 per worker)
+    grad_clip: float = 0.0     # 0 = off
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a capable GPU, fp32 on CPU
+
+    def validate(self) -> None:
+        # ZeRO-3 partitions parameters; a ResNet-152 with an 18k head (~100M
+        # parameters) fits every GPU, so stages 0-2 cover the study.
+        require(self.zero_stage in (0, 1, 2), "zero_stage", f"must be 0, 1 or 2, got {self.zero_stage}")
+        require(self.micro_batch >= 1, "micro_batch", "must be >= 1")
+        require(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+
+
+@dataclass
+class ScheduleSection:
+    steps: int = 1000          # optimizer steps, the same for every subset
+    global_batch: int = 32     # images per optimizer step over all ranks
+    log_every: int = 10
+    eval_every: int = 200
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+
+    def validate(self) -> None:
+        for name in ("steps", "global_batch", "log_every", "eval_every", "checkpoint_every",
+                     "keep_checkpoints"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class MonitorSection:
+    top_k: int = 100                                      # mAP@100
+    weighting: Literal["mean", "frequency"] = "mean"      # frequency: weighted by positives per class
+    max_images: int = 0                                   # 0 = the whole eval set
+
+    def validate(self) -> None:
+        require(self.top_k >= 1, "top_k", "must be >= 1")
+
+
+@dataclass
+class PretrainConfig:
+    data: DataSection = field(default_factory=DataSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    loss: LossSection = field(default_factory=LossSection)
+    deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    monitor: MonitorSection = field(default_factory=MonitorSection)
+    seed: int = 0
+
+    def validate(self) -> None:
+        require(bool(self.data.train), "data.train", "is required: a subset folder or a shards folder")
+        require(bool(self.data.eval), "data.eval", "is required: the shards folder of the eval set")
+
+
+def grad_accumulation(cfg: PretrainConfig, world_size: int) -> int:
+    """Gradient-accumulation steps so that micro x accum x ranks = global batch."""
+    micro = cfg.deepspeed.micro_batch
+    per_step = micro * world_size
+    if cfg.schedule.global_batch % per_step:
+        raise ConfigError(
+            f"schedule.global_batch={cfg.schedule.global_batch} does not divide over "
+            f"{world_size} rank(s) x deepspeed.micro_batch={micro}; choose a global batch that is a "
+            f"multiple of {per_step}")
+    return cfg.schedule.global_batch // per_step
+
+
+def resolve_precision(cfg: PretrainConfig, cuda: bool, bf16_ok: bool) -> str:
+    """The precision to train in: ``auto`` is bf16 on a bf16 GPU, fp16 on other GPUs, fp32 on CPU."""
+    wanted = cfg.deepspeed.precision
+    if wanted == "auto":
+        return ("bf16" if bf16_ok else "fp16") if cuda else "fp32"
+    if wanted != "fp32" and not cuda:
+        raise ConfigError(f"deepspeed.precision={wanted} needs a GPU; this machine has none (use fp32 or auto)")
+    return wanted
+
+
+def deepspeed_json(cfg: PretrainConfig, world_size: int, precision: str) -> dict:
+    """The DeepSpeed config for this run (written to the run folder as deepspeed.json)."""
+    return {
+        "train_batch_size": cfg.schedule.global_batch,
+        "train_micro_batch_size_per_gpu": cfg.deepspeed.micro_batch,
+        "gradient_accumulation_steps": grad_accumulation(cfg, world_size),
+        "gradient_clipping": cfg.deepspeed.grad_clip,
+        "zero_optimization": {"stage": cfg.deepspeed.zero_stage},
+        # Our optimizer is a plain torch one (RMSProp as in the paper), wrapped by ZeRO.
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
+        "steps_per_print": 10 ** 9,   # progress is ours (tqdm + metrics.jsonl)
+        "wall_clock_breakdown": False,
+        "seed": cfg.seed,
+    }
