@@ -1,0 +1,28 @@
+"""Near-duplicate audit of downstream test sets against the pretraining pool.
+
+The paper removed every downstream test image with a near-duplicate in JFT
+before reporting. This package does that reviewably and at scale:
+
+* :mod:`~data_tools.dedup.embedders`: image -> unit vector, by name
+  (``pixels``: model-free DCT descriptor; ``backbone``: pooled features of a
+  pretrained ``backbone.pt``, optionally PCA-reduced); decoding in worker
+  processes in :mod:`~data_tools.dedup.prepare`; query views (mirror, crops,
+  rotations) in :mod:`~data_tools.dedup.views`;
+* :mod:`~data_tools.dedup.pool`, :mod:`~data_tools.dedup.extract` and
+  :mod:`~data_tools.dedup.store`: the pool
+  embedded block by block (one block per shard) into float16 ``.npy`` files,
+  split across ranks, restartable;
+* :mod:`~data_tools.dedup.index`: FAISS exact or IVF-PQ index, built in parts
+  and merged on disk; candidates re-scored with exact cosine;
+  :mod:`~data_tools.dedup.build` runs the steps of ``dedup index``;
+* :mod:`~data_tools.dedup.audit`, :mod:`~data_tools.dedup.calibration`,
+  :mod:`~data_tools.dedup.report`, :mod:`~data_tools.dedup.testsets`: per test
+  set neighbours, threshold calibration, gallery, cleaned test set.
+
+Commands: ``datascale dedup index`` and ``datascale dedup audit``
+(:mod:`~data_tools.dedup.cli`). Heavy modules (faiss, torch) are imported by
+the functions that need them.
+"""
+
+STAGE_INDEX = "dedup_index"
+STAGE_AUDIT = "dedup_audit"

@@ -1,0 +1,132 @@
+"""``datascale dedup index`` and ``datascale dedup audit``.
+
+Flags are shorthands for config keys (``--max-memory 8GB`` is
+``--set index.max_memory=8GB``), so every value is type- and range-checked by
+the schema in :mod:`data_tools.dedup.schema` and recorded in the lineage.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+INDEX_HELP = """\
+Embed the pretraining pool (a subset folder or a shards folder) and build its
+FAISS index in INDEX_DIR. Small pools get an exact index; large ones IVF-PQ
+sized from the pool and --max-memory. Rerunning resumes: finished shards are
+not embedded again. On many machines: `--step embed` on every rank (RANK and
+WORLD_SIZE from the DeepSpeed launcher, or --rank/--world-size), then
+`--step train`, `--step add --part I --parts N` on each machine, `--step merge`.
+"""
+
+AUDIT_HELP = """\
+Find each test image's nearest pool images (exact cosine after the index's
+candidates), flag those at or above the threshold, and write per test set
+AUDIT_DIR/NAME/: duplicates.parquet, summary.json, report.md, gallery.png and
+clean/ (the test set without flagged images, in its own format). Test sets:
+COCO .json, VOC .txt image list, image folder or shards folder (NAME=PATH to
+name one). With --ground-truth (the synthetic world's duplicates/planted.csv,
+or a CSV test_id,pretrain_key[,is_duplicate][,transform]) it reports precision
+and recall per threshold and calibrates the threshold for --target-precision.
+"""
+
+
+def _index_overrides(args: argparse.Namespace) -> list[str]:
+    extra = []
+    if args.embedder:
+        extra.append(f"embedder.name={args.embedder}")
+    if args.checkpoint:
+        extra.append(f"embedder.backbone.checkpoint={args.checkpoint}")
+    if args.max_memory:
+        extra.append(f"index.max_memory={args.max_memory}")
+    if args.workers is not None:
+        extra.append(f"embedder.workers={args.workers}")
+    return extra
+
+
+def _audit_overrides(args: argparse.Namespace) -> list[str]:
+    extra = []
+    if args.threshold is not None:
+        extra.append(f"audit.threshold={args.threshold!r}")
+    if args.target_precision is not None:
+        extra.append(f"audit.target_precision={args.target_precision!r}")
+    if args.embedder:
+        extra.append(f"audit.embedder={args.embedder}")
+    if args.workers is not None:
+        extra.append(f"audit.workers={args.workers}")
+    return extra
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from datascale.config import load_config
+    from data_tools.dedup.build import build_index
+    from data_tools.dedup.schema import DedupConfig
+    cfg = load_config(DedupConfig, args.config, [*args.overrides, *_index_overrides(args)])
+    result = build_index(args.pool, args.out, cfg, step=args.step, part=args.part, parts=args.parts,
+                         rank=args.rank, world_size=args.world_size, force=args.force,
+                         progress=not args.quiet)
+    if "factory" in result:
+        print(f"index of {result['vectors']:,} pool images ({result['factory']}, "
+              f"{result['index_bytes_per_vector']} bytes/vector on disk) -> {args.out}")
+    else:
+        print(f"dedup index step {args.step} done -> {args.out}")
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from datascale.config import load_config
+    from data_tools.dedup.audit import run_audit
+    from data_tools.dedup.schema import DedupConfig
+    cfg = load_config(DedupConfig, args.config, [*args.overrides, *_audit_overrides(args)])
+    summaries = run_audit(args.index, args.testset, args.out, cfg.audit,
+                          ground_truth=args.ground_truth, force=args.force, progress=not args.quiet)
+    for s in summaries:
+        line = (f"{s['testset']['name']}: {s['images_with_duplicate']} of {s['readable_images']} readable "
+                f"test images have a near-duplicate at cos >= {s['threshold']:.3f} "
+                f"({s['threshold_source']})")
+        cal = s.get("calibration")
+        if cal:
+            at = cal["at_threshold"]
+            line += f"; precision {at['precision']:.3f}, recall {at['recall']:.3f}"
+        if s["unreadable_images"]:
+            line += f"; {s['unreadable_images']} unreadable (listed in summary.json)"
+        print(f"{line} -> {args.out}/{s['testset']['name']}/report.md")
+    return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add ``datascale dedup index`` and ``datascale dedup audit``."""
+    from scaling.cli import add_config_args, subcommand
+    from data_tools.dedup.schema import DedupConfig
+    group = subcommand(subparsers, "dedup", lambda args: group.print_help() or 2,
+                       help="near-duplicates of downstream test sets in the pretraining pool (FAISS)")
+    actions = group.add_subparsers(dest="dedup_command", metavar="ACTION", parser_class=type(group))
+    index = subcommand(actions, "index", _cmd_index, help="embed the pool and build its FAISS index",
+                       description=INDEX_HELP)
+    index.add_argument("pool", help="subset folder (subset.json) or shards folder (sizes.json)")
+    index.add_argument("--out", required=True, help="index folder (INDEX_DIR)")
+    index.add_argument("--embedder", help="pixels (model-free) or backbone (needs --checkpoint)")
+    index.add_argument("--checkpoint", help="backbone.pt (or its folder) for --embedder backbone")
+    index.add_argument("--max-memory", help="RAM budget of the index, e.g. 2GB (sets the PQ code size)")
+    index.add_argument("--step", default="all", choices=["all", "embed", "train", "add", "merge"],
+                       help="run one step of a distributed build")
+    index.add_argument("--part", type=int, help="build part I (with --parts N; --step add)")
+    index.add_argument("--parts", type=int, help="number of build parts (--step add/merge)")
+    index.add_argument("--rank", type=int, help="this process's rank (unset: $RANK, else 0)")
+    index.add_argument("--world-size", type=int, help="number of ranks (unset: $WORLD_SIZE, else 1)")
+    index.add_argument("--workers", type=int, help="image decoding processes")
+    add_config_args(index, "dedup/demo", DedupConfig)
+    audit = subcommand(actions, "audit", _cmd_audit, help="audit test sets against a dedup index",
+                       description=AUDIT_HELP)
+    audit.add_argument("index", help="index folder written by `datascale dedup index`")
+    audit.add_argument("--testset", action="append", required=True, metavar="[NAME=]PATH",
+                       help="test set (repeatable): COCO .json, VOC .txt list, image folder, shards")
+    audit.add_argument("--out", required=True, help="audit folder; one subfolder per test set")
+    audit.add_argument("--threshold", type=float, help="cosine in [-1, 1] (unset: calibrated on "
+                       "--ground-truth, else the embedder's default)")
+    audit.add_argument("--ground-truth", help="CSV of known duplicate pairs (planted.csv)")
+    audit.add_argument("--target-precision", type=float,
+                       help="precision the calibrated threshold must reach (unset: audit.target_precision)")
+    audit.add_argument("--embedder", help="the embedder you expect the index to use (checked)")
+    audit.add_argument("--workers", type=int, help="image decoding processes")
+    add_config_args(audit, "dedup/demo", DedupConfig)

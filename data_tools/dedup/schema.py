@@ -1,0 +1,161 @@
+"""Typed configuration of the dedup stage (``configs/dedup/*.yaml``).
+
+One file configures both commands::
+
+    datascale dedup index POOL --out INDEX -c dedup/demo      # reads embedder + index
+    datascale dedup audit INDEX --testset T --out AUDIT -c dedup/demo   # reads audit
+
+Each command records only its own sections in its folder's lineage, so
+changing an audit setting never invalidates a finished index.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from datascale.config import require
+from datascale.errors import ConfigError
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_bytes(text: str, key: str = "index.max_memory") -> int:
+    """Bytes from a size such as ``2GB``, ``512MiB`` or ``1e9``; ConfigError naming ``key`` if not."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    unit = match.group(2).upper() if match else None
+    if not match or unit not in _UNITS:
+        raise ConfigError(f"{key}: cannot read {text!r} as a size; write e.g. 2GB, 512MB or 64GiB")
+    value = int(float(match.group(1)) * _UNITS[unit])
+    require(value > 0, key, "must be more than 0 bytes")
+    return value
+
+
+@dataclass
+class PixelsConfig:
+    """The model-free ``pixels`` descriptor (see embedders.PixelsEmbedder)."""
+
+    thumb_size: int = 32            # grey/colour thumbnail side the DCT is taken of
+    gray_coefficients: int = 96     # lowest DCT frequencies kept (zig-zag order, DC dropped)
+    frequency_weight: float = 1.0   # coefficient (u, v) is scaled by |(u, v)|**w: flattens 1/f spectra
+    colour_grid: int = 4            # coarse colour layout: grid x grid cells x 2 opponent channels
+    colour_weight: float = 0.4      # share of the colour part in the unit vector
+
+    def validate(self) -> None:
+        require(8 <= self.thumb_size <= 256, "thumb_size", "must be between 8 and 256")
+        require(1 <= self.gray_coefficients < self.thumb_size ** 2, "gray_coefficients",
+                "must be at least 1 and less than thumb_size**2")
+        require(0.0 <= self.frequency_weight <= 3.0, "frequency_weight", "must be in [0, 3]")
+        require(self.colour_grid >= 0 and (self.colour_grid == 0 or self.thumb_size % self.colour_grid == 0),
+                "colour_grid", "must be 0 (no colour) or divide thumb_size")
+        require(self.colour_weight >= 0.0, "colour_weight", "must be >= 0")
+
+
+@dataclass
+class BackboneConfig:
+    """The ``backbone`` embedder: pooled features of a pretrained checkpoint."""
+
+    checkpoint: str = ""            # backbone.pt (or its folder) written by pretraining
+    arch: str | None = None         # default: the arch named in backbone.json
+    image_size: int = 128           # images are resized (whole, not cropped) to this square
+    pca_dim: int = 0                # 0 = keep all features; else PCA-reduce to this many
+    pca_fit_images: int = 20000     # pool images the PCA is fitted on (the first shards: a random sample)
+
+    def validate(self) -> None:
+        require(16 <= self.image_size <= 1024, "image_size", "must be between 16 and 1024")
+        require(self.pca_dim >= 0, "pca_dim", "must be 0 (no PCA) or positive")
+        require(self.pca_fit_images >= 2 * max(self.pca_dim, 1), "pca_fit_images",
+                "must be at least twice pca_dim")
+
+
+@dataclass
+class EmbedderConfig:
+    """Which embedder turns images into vectors, and how the work is batched."""
+
+    name: str = "pixels"
+    batch_size: int = 256
+    workers: int = 2                # decode/prepare processes; 0 = in the main process
+    pixels: PixelsConfig = field(default_factory=PixelsConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+
+    def validate(self) -> None:
+        from data_tools.dedup.embedders import EMBEDDERS
+        require(self.name in EMBEDDERS, "name",
+                f"unknown embedder {self.name!r}; registered: {', '.join(EMBEDDERS)}")
+        require(self.batch_size >= 1, "batch_size", "must be at least 1")
+        require(self.workers >= 0, "workers", "must be 0 or more")
+        if self.name == "backbone":
+            require(bool(self.backbone.checkpoint), "backbone.checkpoint",
+                    "the backbone embedder needs a checkpoint: --checkpoint RUN/backbone.pt")
+
+
+@dataclass
+class IndexConfig:
+    """How the FAISS index is shaped from the pool size and the memory budget."""
+
+    max_memory: str = "2GB"         # RAM the loaded index may take (codes + ids + coarse quantizer)
+    flat_max_vectors: int = 200_000  # up to this many vectors: exact IndexFlatIP
+    max_code_bytes: int = 32        # PQ code size cap (bytes per vector, ids excluded)
+    opq: bool = False               # rotate with OPQ before PQ (slower training, better codes)
+    lists_per_sqrt: float = 4.0     # nlist ~ this * sqrt(pool size), a power of two
+    train_points_per_list: int = 40  # k-means training points per inverted list
+    max_train_points: int = 4_000_000  # 40 x 65,536 lists fits under it
+    part_vectors: int = 20_000_000  # vectors per build part (parts are merged on disk)
+    nprobe: int = 16                # inverted lists visited per query (audit may override)
+    seed: int = 0
+
+    def validate(self) -> None:
+        parse_bytes(self.max_memory)
+        require(self.flat_max_vectors >= 0, "flat_max_vectors", "must be >= 0")
+        require(self.max_code_bytes >= 4, "max_code_bytes", "must be at least 4")
+        require(self.lists_per_sqrt > 0, "lists_per_sqrt", "must be positive")
+        require(self.train_points_per_list >= 1, "train_points_per_list", "must be at least 1")
+        require(self.max_train_points >= 256, "max_train_points", "must be at least 256")
+        require(self.part_vectors >= 1, "part_vectors", "must be at least 1")
+        require(self.nprobe >= 1, "nprobe", "must be at least 1")
+
+
+def _default_sweep() -> list[float]:
+    return [round(0.5 + 0.05 * i, 2) for i in range(10)]
+
+
+@dataclass
+class AuditConfig:
+    """How test images are searched, thresholded, calibrated and shown."""
+
+    threshold: float | None = None  # cosine; None: calibrated (with ground truth) or the embedder's default
+    target_precision: float = 0.95  # calibration picks the lowest threshold reaching this precision
+    k: int = 10                     # neighbours kept per test image
+    candidates: int = 64            # index candidates per query view, re-scored exactly
+    nprobe: int | None = None       # None: the index's own setting
+    views: list[str] = field(default_factory=lambda: ["identity", "mirror"])
+    sweep: list[float] = field(default_factory=_default_sweep)
+    gallery_pairs: int = 6          # pairs per gallery section (top, just above, just below)
+    embedder: str | None = None     # the embedder you expect the index to use (checked)
+    batch_size: int = 64
+    workers: int = 2
+
+    def validate(self) -> None:
+        from data_tools.dedup.views import parse_views
+        if self.threshold is not None:
+            require(-1.0 <= self.threshold <= 1.0, "threshold",
+                    f"is a cosine similarity and must be in [-1, 1], got {self.threshold}")
+        require(0.0 < self.target_precision <= 1.0, "target_precision", "must be in (0, 1]")
+        require(self.k >= 1, "k", "must be at least 1")
+        require(self.candidates >= self.k, "candidates", "must be at least k")
+        require(self.nprobe is None or self.nprobe >= 1, "nprobe", "must be at least 1")
+        require(all(-1.0 <= t <= 1.0 for t in self.sweep), "sweep", "thresholds must be in [-1, 1]")
+        require(self.gallery_pairs >= 0, "gallery_pairs", "must be >= 0")
+        require(self.batch_size >= 1, "batch_size", "must be at least 1")
+        require(self.workers >= 0, "workers", "must be 0 or more")
+        parse_views(self.views)
+
+
+@dataclass
+class DedupConfig:
+    """The whole dedup config: ``embedder`` + ``index`` (for index), ``audit`` (for audit)."""
+
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
