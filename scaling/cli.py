@@ -23,7 +23,15 @@ T = TypeVar("T")
 
 # Modules that add a subcommand, in pipeline order (``register_cli(subparsers)``).
 COMMAND_MODULES = [
-    # "data_tools.synth",  (added with the synth stage)
+    "data_tools.synth",
+    "data_tools.shards",
+    "data_tools.subsets",
+    "scaling.pretrain",
+    "scaling.launch",
+    "scaling.study",
+    "data_tools.dedup.cli",
+    "scaling.finetune",
+    "analysis.cli",
 ]
 
 PIPELINE = """\
@@ -107,7 +115,9 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``datascale`` console script; returns the exit code."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # for stages that re-launch themselves on N ranks
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
