@@ -76,18 +76,19 @@ def lr_factor(step: int, train: TrainConfig) -> float:
 
 
 def choose_threads(requested: int) -> int:
-    """CPU threads for torch: ``requested``, or (0) the cores this process may use that other
-    processes are not already keeping busy (by the 1-minute load average), at least 1.
+    """CPU threads for torch: ``requested``, or (0) every core this process may use.
 
-    Why: torch's OpenMP threads spin while they wait for each other; on a
-    shared machine two threads fighting other processes for two cores ran a
-    step 8x slower than one thread did (benchmarks/bench_finetune.py).
+    The default depends only on the machine, never on its momentary load, so
+    that a run repeated (or resumed by the study) computes the same numbers:
+    the thread count changes the order of floating-point reductions. On a
+    shared machine set ``train.threads=1``: torch's OpenMP threads spin while
+    they wait for each other, and two threads fighting other processes for
+    two cores ran a step up to 8x slower than one thread
+    (benchmarks/bench_finetune.py).
     """
     if requested:
         return requested
-    cores = len(os.sched_getaffinity(0))
-    busy = os.getloadavg()[0]
-    return max(1, min(cores, int(cores - busy + 0.5)))
+    return max(1, len(os.sched_getaffinity(0)))
 
 
 # --------------------------------------------------------------------------- backbone + lineage

@@ -61,7 +61,7 @@ class TrainConfig:
     hflip: bool = True  # random horizontal flips (detection, segmentation)
     log_every: int = 10
     eval_batch_size: int = 16
-    threads: int = 0  # torch CPU threads; 0 = the cores other processes leave idle (at least 1)
+    threads: int = 0  # torch CPU threads; 0 = every core this process may use (1 on a busy shared machine)
 
     def validate(self) -> None:
         require(self.steps >= 1, "steps", f"must be at least 1, got {self.steps}")

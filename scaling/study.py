@@ -1,0 +1,354 @@
+"""``datascale study``: the whole scaling study from one config, resumably.
+
+    datascale study [configs/studies/demo.yaml] [--dry-run]
+
+world (if synthetic) -> shards -> nested subsets -> pretraining on every
+subset (same schedule) -> dedup audit of every downstream test set against
+the largest pool -> fine-tuning of every task x mode x backbone (+ random
+init) x seed -> results -> fits -> plots -> report.md.
+
+The study is a plan of ordinary ``datascale`` commands; ``--dry-run`` prints
+them. Each command writes its own output folder with its lineage and skips
+itself when that folder is complete for the same config and inputs, so a
+re-run is a no-op, an interrupted study resumes, and a changed config redoes
+exactly the stages (and the downstream stages) whose config or inputs changed
+(the study passes ``--force`` so such folders are replaced, never mixed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datascale.errors import DatascaleError
+
+log = logging.getLogger(__name__)
+
+# Rough seconds per unit on 2 CPU cores, for the plan's time estimate only.
+_ESTIMATE = {"synth": 60, "shards": 15, "subsets": 5, "pretrain": 120, "dedup": 30,
+             "finetune": 15, "analysis": 10}
+
+# Where each task's data lives in a synthetic world, and its test set for the audit.
+_WORLD_TASKS = {
+    "detection": ("detection", "detection/annotations/instances_test.json"),
+    "segmentation": ("segmentation", "segmentation/ImageSets/Segmentation/test.txt"),
+    "pose": ("pose", "pose/annotations/person_keypoints_test.json"),
+}
+
+
+@dataclass
+class Step:
+    """One ``datascale`` command of the plan."""
+
+    stage: str
+    label: str
+    argv: list[str]
+    out: Path
+    distributed: bool = False      # runs through the DeepSpeed launcher on a cluster
+    subprocess: bool = False       # runs in its own process (DeepSpeed's process group)
+    status: str = "pending"
+    seconds: float = 0.0
+
+    def command(self) -> str:
+        return shlex.join(["datascale", *self.argv])
+
+
+@dataclass
+class Plan:
+    steps: list[Step] = field(default_factory=list)
+    root: Path = Path("study")
+
+    def add(self, *args, **kwargs) -> Step:
+        step = Step(*args, **kwargs)
+        self.steps.append(step)
+        return step
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def _sets(pairs: list[str]) -> list[str]:
+    return [arg for pair in pairs for arg in ("--set", pair)]
+
+
+def _subset_name(size: str) -> str:
+    return size.replace("/", "_")
+
+
+def _task_paths(cfg, root: Path, task: str) -> tuple[Path, Path]:
+    spec = cfg.tasks.get(task)
+    data = Path(spec.data) if spec and spec.data else None
+    test = Path(spec.test) if spec and spec.test else None
+    if cfg.world is not None and task in _WORLD_TASKS:
+        folder, test_file = _WORLD_TASKS[task]
+        data = data or root / "world" / folder
+        test = test or root / "world" / test_file
+    if data is None or test is None:
+        raise DatascaleError(f"task {task}: give tasks.{task}.data and tasks.{task}.test in the study config")
+    return data, test
+
+
+def build_plan(cfg) -> Plan:
+    """Every command of the study, in order, with its output folder."""
+    root = Path(cfg.out)
+    plan = Plan(root=root)
+    if cfg.world is not None:
+        world = root / "world"
+        plan.add("synth", "world", ["synth", "--config", cfg.world.config, *_sets(cfg.world.set),
+                                    "--out", str(world), "--force"], world)
+        shards, evalset = root / "shards" / "pretrain", root / "shards" / "eval"
+        common = ["--set", f"samples_per_shard={cfg.shards.samples_per_shard}", *_sets(cfg.shards.set)]
+        plan.add("shards", "pretraining shards", ["shards", "write", str(world), *common,
+                                                  "--out", str(shards), "--force"], shards)
+        plan.add("shards", "eval shards", ["shards", "write", str(world), "--set", "split=eval", *common,
+                                           "--out", str(evalset), "--force"], evalset)
+    else:
+        shards, evalset = Path(cfg.data.shards), Path(cfg.data.eval)
+    names = [_subset_name(s) for s in cfg.subsets.sizes]
+    subsets = root / "subsets"
+    plan.add("subsets", "nested subsets", ["subsets", "make", str(shards), "--sizes", ",".join(cfg.subsets.sizes),
+                                           "--names", ",".join(names), "--out", str(subsets), "--force"],
+             subsets / names[-1])
+    backbones = {}
+    for name in names:
+        run = root / "runs" / "pretrain" / name
+        argv = ["pretrain", "--config", cfg.pretrain.config, *_sets(cfg.pretrain.set),
+                "--set", f"data.train={subsets / name}", "--set", f"data.eval={evalset}",
+                "--out", str(run), "--force", "--no-progress"]
+        if cfg.launcher == "deepspeed":
+            argv = ["launch", "--hostfile", cfg.hostfile, "--nproc", str(cfg.pretrain.nproc), *argv]
+        elif cfg.pretrain.nproc > 1:
+            argv += ["--nproc", str(cfg.pretrain.nproc)]
+        plan.add("pretrain", f"pretrain {name}", argv, run, distributed=cfg.launcher == "deepspeed",
+                 subprocess=True)
+        backbones[name] = run / "backbone.pt"
+    cleaned = _plan_dedup(cfg, plan, root, subsets / names[-1])
+    _plan_finetune(cfg, plan, root, backbones, cleaned)
+    results = root / "results"
+    plan.add("analysis", "collect results", ["results", "collect", str(root / "runs"),
+                                             "--out", str(results / "results.parquet")], results)
+    plan.add("analysis", "fit curves", ["fit", "--results", str(results / "results.parquet"),
+                                        *_sets(cfg.analysis.fit_set)], results)
+    plot = ["plot", "--results", str(results / "results.parquet"), *_sets(cfg.analysis.plot_set)]
+    if cfg.analysis.reference:
+        plot += ["--reference", cfg.analysis.reference]
+    plan.add("analysis", "plots and report", plot, results)
+    return plan
+
+
+def _plan_dedup(cfg, plan: Plan, root: Path, pool: Path) -> dict[str, Path]:
+    """Index the largest pool, audit each task's test set; returns task -> cleaned test file."""
+    if not cfg.dedup.enabled or not cfg.finetune.tasks:
+        return {}
+    index, audit = root / "dedup" / "index", root / "dedup" / "audit"
+    argv = ["dedup", "index", str(pool), "--config", cfg.dedup.config, *_sets(cfg.dedup.set),
+            "--out", str(index), "--force"]
+    if cfg.launcher == "deepspeed":
+        # Embedding the pool is the costly part: every rank of the cluster embeds its
+        # share of the shards; the index is then trained and filled from those blocks.
+        plan.add("dedup", "embed the pool on the cluster",
+                 ["launch", "--hostfile", cfg.hostfile, "--nproc", str(cfg.pretrain.nproc),
+                  *argv, "--step", "embed"], index, distributed=True, subprocess=True)
+    plan.add("dedup", "index the largest pool", argv, index)
+    testsets, cleaned = [], {}
+    for task in cfg.finetune.tasks:
+        _, test = _task_paths(cfg, root, task)
+        testsets += ["--testset", f"{task}={test}"]
+        cleaned[task] = audit / task / "clean" / test.name
+    argv = ["dedup", "audit", str(index), *testsets, "--config", cfg.dedup.config,
+            *_sets(cfg.dedup.set), "--out", str(audit), "--force"]
+    truth = cfg.dedup.ground_truth or (str(root / "world" / "duplicates" / "planted.csv")
+                                       if cfg.world is not None else "")
+    if truth:
+        argv += ["--ground-truth", truth]
+    # Each test set gets its own folder (with complete.json) under the audit folder.
+    plan.add("dedup", "audit the test sets", argv, audit / cfg.finetune.tasks[0])
+    return cleaned
+
+
+def _pretrain_arch(cfg) -> str:
+    """The architecture the pretraining config builds (the random-init baseline uses it too)."""
+    from datascale.config import load_config
+    from scaling.pretrain_config import PretrainConfig
+
+    pre = load_config(PretrainConfig, cfg.pretrain.config,
+                      [*cfg.pretrain.set, "data.train=unused", "data.eval=unused"])
+    return pre.model.arch
+
+
+def _plan_finetune(cfg, plan: Plan, root: Path, backbones: dict[str, Path], cleaned: dict) -> None:
+    inits = dict(backbones)
+    if cfg.finetune.random_init:
+        inits["random"] = None
+    for task in cfg.finetune.tasks:
+        data, _ = _task_paths(cfg, root, task)
+        spec = cfg.tasks.get(task)
+        config = (spec.config if spec and spec.config else f"finetune/{task}")
+        extra = _sets(cfg.finetune.set) + _sets(spec.set if spec else [])
+        for mode in cfg.finetune.modes:
+            for init, backbone in inits.items():
+                for seed in cfg.finetune.seeds:
+                    run = root / "runs" / "finetune" / task / mode / f"{init}-seed{seed}"
+                    argv = ["finetune", "--task", task, "--mode", mode, "--config", config,
+                            "--data", str(data), "--seed", str(seed), *extra, "--out", str(run), "--force"]
+                    argv += (["--backbone", str(backbone)] if backbone
+                             else ["--init", "random", "--arch", _pretrain_arch(cfg)])
+                    if task in cleaned:
+                        argv += ["--cleaned-test", str(cleaned[task])]
+                    plan.add("finetune", f"{task} {mode} {init} seed {seed}", argv, run)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _run_step(step: Step) -> int:
+    """Run one command: DeepSpeed stages in their own process, the rest in this one."""
+    from scaling import cli
+
+    if step.subprocess:
+        return subprocess.run([sys.executable, "-m", "scaling.cli", "-q", *step.argv]).returncode
+    try:
+        return cli.main(["-q", *step.argv])
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception:  # a bug in a stage: show it, then stop the study cleanly
+        log.exception("step '%s' crashed", step.label)
+        return 1
+
+
+def run_plan(plan: Plan, progress: bool = True) -> None:
+    """Run every step in order, stopping at the first failure (re-running resumes)."""
+    from tqdm import tqdm
+
+    stages = list(dict.fromkeys(step.stage for step in plan.steps))
+    for stage in stages:
+        steps = [s for s in plan.steps if s.stage == stage]
+        bar = tqdm(steps, desc=f"{stage:9s}", unit="run", disable=not progress, leave=True)
+        for step in bar:
+            bar.set_postfix_str(step.label)
+            before = _completed_at(step.out)
+            start = time.time()
+            code = _run_step(step)
+            step.seconds = time.time() - start
+            if code != 0:
+                step.status = "failed"
+                raise DatascaleError(
+                    f"step '{step.label}' failed (exit {code}); fix the cause and run the study again: "
+                    f"finished steps are skipped. The command was:\n  {step.command()}")
+            # A stage that found its output complete leaves complete.json untouched.
+            after = _completed_at(step.out)
+            step.status = "skipped" if before is not None and before == after else "done"
+
+
+def _completed_at(out: Path) -> float | None:
+    marker = out / "complete.json"
+    return marker.stat().st_mtime_ns if marker.is_file() else None
+
+
+def print_plan(plan: Plan, cfg, file=None) -> None:
+    file = file or sys.stdout
+    counts = {}
+    for step in plan.steps:
+        counts[step.stage] = counts.get(step.stage, 0) + 1
+    print(f"study {cfg.name}: {len(plan.steps)} commands -> {plan.root}/", file=file)
+    for stage, n in counts.items():
+        print(f"  {stage:9s} {n:3d} run(s)", file=file)
+    todo = [s for s in plan.steps if not (s.out / "complete.json").is_file()]
+    if cfg.world is not None:
+        estimate = sum(_ESTIMATE.get(s.stage, 10) for s in todo)
+        print(f"  estimated time for the {len(todo)} commands not done yet: ~{max(1, round(estimate / 60))} min "
+              "(rough figures measured on 2 CPU cores at demo scale)", file=file)
+    else:
+        print(f"  {len(todo)} commands not done yet; their time depends on the data and the cluster", file=file)
+
+
+def print_summary(plan: Plan, file=None) -> None:
+    file = file or sys.stdout
+    print("\nstage      status   seconds  output", file=file)
+    for step in plan.steps:
+        print(f"{step.stage:10s} {step.status:8s} {step.seconds:7.1f}  {step.out}  ({step.label})", file=file)
+    results = plan.root / "results"
+    print(f"\nreport: {results / 'report.md'}\nfits:   {results / 'fits.csv'}\n"
+          f"plots:  {results / 'plots'}/", file=file)
+
+
+def write_study_section(plan: Plan, cfg) -> Path:
+    """Append the study's own section (subsets, dedup effect, timings) to results/report.md."""
+    from datascale.atomic import write_text
+
+    report = plan.root / "results" / "report.md"
+    text = report.read_text() if report.is_file() else ""
+    marker = "\n## The study\n"
+    text = text.split(marker)[0].rstrip() + "\n" + marker
+    lines = [f"Config `{cfg.name}`; every output under `{plan.root}/`.", "",
+             "| subset | images | pretraining mAP@100 |", "|---|---|---|"]
+    for step in plan.steps:
+        if step.stage == "pretrain" and (step.out / "metrics.json").is_file():
+            metrics = json.loads((step.out / "metrics.json").read_text())
+            meta = json.loads((step.out / "backbone.json").read_text())["lineage"]
+            value = next(iter(metrics["metrics"]["eval"].values()))
+            lines.append(f"| {meta['subset_name']} | {meta['subset_images']} | {value:.4f} |")
+    audit = plan.root / "dedup" / "audit"
+    summaries = sorted(audit.glob("*/summary.json")) if audit.is_dir() else []
+    if summaries:
+        lines += ["", "Near-duplicate audit of the downstream test sets against the largest pool:", "",
+                  "| test set | images | flagged | threshold |", "|---|---|---|---|"]
+        for path in summaries:
+            s = json.loads(path.read_text())
+            lines.append(f"| {path.parent.name} | {s['test_images']} | {s['images_with_duplicate']} "
+                         f"| {s['threshold']:.3f} |")
+    lines += ["", "Time per stage (seconds, this run; skipped stages were already complete):", "",
+              "| stage | seconds |", "|---|---|"]
+    totals: dict[str, float] = {}
+    for step in plan.steps:
+        totals[step.stage] = totals.get(step.stage, 0.0) + step.seconds
+    lines += [f"| {stage} | {secs:.0f} |" for stage, secs in totals.items()]
+    write_text(report, text + "\n".join(lines) + "\n")
+    return report
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def register_cli(subparsers) -> None:
+    from scaling.cli import subcommand
+
+    parser = subcommand(subparsers, "study", _main, help="run the whole scaling study from one config",
+                        description=__doc__)
+    parser.add_argument("config", nargs="?", default="studies/demo",
+                        help="study config: a path or a built-in name (studies/demo, studies/tiny, studies/jft300m)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one study config value, e.g. --set out=/tmp/study")
+    parser.add_argument("--dry-run", action="store_true", help="print every command, run nothing")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _main(args: argparse.Namespace) -> int:
+    from datascale.config import load_config
+    from scaling.study_config import StudyConfig
+
+    cfg = load_config(StudyConfig, args.config, args.overrides)
+    plan = build_plan(cfg)
+    if args.dry_run:
+        print_plan(plan, cfg)
+        for step in plan.steps:
+            via = "  # DeepSpeed launcher" if step.distributed else ""
+            print(step.command() + via)
+        return 0
+    print_plan(plan, cfg)
+    started = time.time()
+    try:
+        run_plan(plan, progress=not args.no_progress)
+    finally:
+        if any(s.status != "pending" for s in plan.steps):
+            print_summary(plan)
+    write_study_section(plan, cfg)
+    print(f"study {cfg.name} finished in {(time.time() - started) / 60:.1f} min")
+    return 0

@@ -1,0 +1,127 @@
+"""The study config: one YAML file that names everything a scaling study runs.
+
+See configs/studies/demo.yaml (the synthetic world on one machine) and
+configs/studies/jft300m.yaml (the paper's study on real data on a cluster).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from datascale.config import require
+
+
+@dataclass
+class WorldSection:
+    """The synthetic world to generate (omit with ``world: null`` for real data)."""
+
+    config: str = "world/demo"
+    set: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DataSection:
+    """Real data: existing shards of the pretraining collection and of the eval set."""
+
+    shards: str = ""
+    eval: str = ""
+
+
+@dataclass
+class TaskSection:
+    """One downstream task: its fine-tuning config, dataset folder and test set to audit.
+
+    With a synthetic world, ``data`` and ``test`` default to the world's
+    dataset of the task; with real data they must be given.
+    """
+
+    config: str = ""                 # default: finetune/<task>
+    data: str = ""                   # dataset folder (finetune --data)
+    test: str = ""                   # test set file for the dedup audit (COCO JSON / VOC list)
+    set: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ShardsSection:
+    samples_per_shard: int = 1000
+    set: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        require(self.samples_per_shard >= 1, "samples_per_shard", "must be >= 1")
+
+
+@dataclass
+class SubsetsSection:
+    # Nested subset sizes: counts, fractions or 10M-style; the paper's 10:30:100:300.
+    sizes: list[str] = field(default_factory=lambda: ["10M", "30M", "100M", "300M"])
+
+    def validate(self) -> None:
+        require(len(self.sizes) >= 1, "sizes", "needs at least one subset size")
+
+
+@dataclass
+class PretrainSection:
+    config: str = "pretrain/demo"
+    set: list[str] = field(default_factory=list)
+    nproc: int = 1                   # ranks per node
+
+    def validate(self) -> None:
+        require(self.nproc >= 1, "nproc", "must be >= 1")
+
+
+@dataclass
+class DedupSection:
+    enabled: bool = True
+    config: str = "dedup/demo"
+    set: list[str] = field(default_factory=list)
+    ground_truth: str = ""           # labelled pairs CSV; default: the world's planted.csv
+
+
+@dataclass
+class FinetuneSection:
+    tasks: list[str] = field(default_factory=lambda: ["detection", "segmentation", "pose"])
+    modes: list[str] = field(default_factory=lambda: ["frozen", "finetune"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    random_init: bool = True         # the no-pretraining baseline
+    set: list[str] = field(default_factory=list)  # applied to every task
+
+    def validate(self) -> None:
+        for mode in self.modes:
+            require(mode in ("frozen", "finetune"), "modes", f"unknown mode {mode!r} (frozen, finetune)")
+        require(bool(self.seeds), "seeds", "needs at least one seed")
+
+
+@dataclass
+class AnalysisSection:
+    fit_set: list[str] = field(default_factory=list)
+    plot_set: list[str] = field(default_factory=list)
+    reference: str = ""              # CSV of reference points to overlay
+
+
+@dataclass
+class StudyConfig:
+    name: str = "study"
+    out: str = "study"               # every output goes under this folder
+    world: Optional[WorldSection] = field(default_factory=WorldSection)
+    data: DataSection = field(default_factory=DataSection)
+    tasks: dict[str, TaskSection] = field(default_factory=dict)
+    shards: ShardsSection = field(default_factory=ShardsSection)
+    subsets: SubsetsSection = field(default_factory=SubsetsSection)
+    pretrain: PretrainSection = field(default_factory=PretrainSection)
+    dedup: DedupSection = field(default_factory=DedupSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    analysis: AnalysisSection = field(default_factory=AnalysisSection)
+    launcher: Literal["local", "deepspeed"] = "local"
+    hostfile: str = ""
+
+    def validate(self) -> None:
+        if self.world is None:
+            require(bool(self.data.shards and self.data.eval), "data",
+                    "without a synthetic world, data.shards and data.eval must name existing shards")
+            for task in self.finetune.tasks:
+                spec = self.tasks.get(task)
+                require(spec is not None and bool(spec.data), f"tasks.{task}.data",
+                        "must name the task's dataset folder when there is no synthetic world")
+        require(self.launcher == "local" or bool(self.hostfile), "hostfile",
+                "launcher: deepspeed needs a hostfile")
