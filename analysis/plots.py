@@ -126,6 +126,9 @@ def _draw_panel(ax, points: pd.DataFrame, drawn: pd.DataFrame, curves: pd.DataFr
         handles.append(Line2D([], [], color="0.4", marker="*", markeredgecolor="black", markersize=11,
                               linestyle="", label=str(label)))
     ax.set_xscale("log")
+    # Minor ticks of a short log range label every 2x..9x and overlap: keep their marks only.
+    from matplotlib.ticker import NullFormatter
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("pretraining images")
     return handles
 

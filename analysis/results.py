@@ -296,8 +296,9 @@ def _previous_roots(path: Path) -> list[str]:
 def select(frame: pd.DataFrame, where: Iterable[str]) -> pd.DataFrame:
     """Rows matching every ``COLUMN=VALUE`` filter (values compared as text).
 
-    A filter naming no column, or filters that leave no row, raise DataError
-    saying what is there, so a typo never yields an empty analysis.
+    ``COLUMN=A|B`` matches either value. A filter naming no column, or filters
+    that leave no row, raise DataError saying what is there, so a typo never
+    yields an empty analysis.
     """
     for condition in where:
         column, sep, value = condition.partition("=")
@@ -305,7 +306,8 @@ def select(frame: pd.DataFrame, where: Iterable[str]) -> pd.DataFrame:
         if not sep or column not in frame.columns:
             raise DataError(f"--where expects COLUMN=VALUE with a column of the results table "
                             f"({', '.join(frame.columns)}); got {condition!r}")
-        matched = frame[frame[column].astype(str) == value.strip()]
+        wanted = [v.strip() for v in value.split("|")]
+        matched = frame[frame[column].astype(str).isin(wanted)]
         if matched.empty:
             present = ", ".join(sorted(frame[column].dropna().astype(str).unique())[:20])
             raise DataError(f"--where {condition}: no row has {column}={value.strip()!r}; present: {present}")

@@ -62,6 +62,8 @@ def compare_cpu(arch: str, batch: int, size: int, classes: int, blocks: int, ste
     ds_opt = torch.optim.SGD(ds_model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     engine = build_engine(ds_model, ds_opt, None, {
         "train_micro_batch_size_per_gpu": batch, "gradient_accumulation_steps": 1,
+        # DeepSpeed clips at 1.0 unless told otherwise; the plain loop does not clip.
+        "gradient_clipping": 0.0,
         "zero_optimization": {"stage": 0}, "steps_per_print": 10 ** 9}, world_size=1)
     run_plain = lambda: _plain_step(plain, plain_opt, images, targets)  # noqa: E731
     run_engine = lambda: _engine_step(engine, images, targets)  # noqa: E731

@@ -164,7 +164,8 @@ def evaluate(model, cfg, evalset, num_classes: int, device) -> dict:
     loader = make_eval_loader(evalset, cfg.data.loader, num_classes=num_classes, rank=0, world_size=1)
     with torch.no_grad():
         for batch in loader:
-            images, label_lists = batch.images.to(device), batch.label_lists
+            dtype = next(model.parameters()).dtype  # bf16/fp16 under DeepSpeed on a GPU
+            images, label_lists = batch.images.to(device, dtype=dtype), batch.label_lists
             acc.add(model(images).float().cpu().numpy(), label_lists)
             if cfg.monitor.max_images and acc.images >= cfg.monitor.max_images:
                 break
@@ -247,11 +248,13 @@ def train(cfg, out: Path, progress: bool = True, force: bool = False) -> dict:
     bar = tqdm(total=cfg.schedule.steps, initial=position.step, desc=f"pretrain {train_set.name}",
                disable=not progress or rank != 0, unit="step")
     state = _LoopState(ckpt.latest_tag(ckpt_dir))
+    # With bf16/fp16 DeepSpeed casts the module, so the inputs must follow.
+    input_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     # Checkpoints are taken at optimizer-step boundaries, so a resumed run starts on one.
     accum, micro_steps = ds_config["gradient_accumulation_steps"], 0
     while position.step < cfg.schedule.steps:
         for batch in loader:  # the rest of this epoch; the loader then moves to the next
-            images = batch.images.to(device, non_blocking=True)
+            images = batch.images.to(device, dtype=input_dtype, non_blocking=True)
             if cuda and cfg.model.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             generator.manual_seed(cfg.seed * 1_000_003 + position.step)  # same negatives on resume

@@ -40,6 +40,7 @@ class TaskSection:
     data: str = ""                   # dataset folder (finetune --data)
     test: str = ""                   # test set file for the dedup audit (COCO JSON / VOC list)
     set: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)  # default: finetune.seeds
 
 
 @dataclass
@@ -95,6 +96,8 @@ class FinetuneSection:
 @dataclass
 class AnalysisSection:
     fit_set: list[str] = field(default_factory=list)
+    # Metrics drawn in the figures (every metric is in the table and the fits).
+    plot_metrics: list[str] = field(default_factory=lambda: ["AP", "AP50", "mIoU", "mAP@100"])
     plot_set: list[str] = field(default_factory=list)
     reference: str = ""              # CSV of reference points to overlay
 

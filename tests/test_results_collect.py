@@ -129,3 +129,16 @@ def test_results_group_lists_its_actions(capsys):
     assert exit_info.value.code == 0
     top_help = capsys.readouterr().out
     assert all(name in top_help for name in ("results", "fit", "plot"))
+
+
+def test_where_filters_accept_alternatives():
+    import pandas as pd
+
+    from analysis.results import select
+    from datascale.errors import DataError
+
+    frame = pd.DataFrame({"metric": ["AP", "AP50", "mIoU", "IoU/cat"], "value": [1, 2, 3, 4]})
+    assert select(frame, ["metric=AP|mIoU"])["value"].tolist() == [1, 3]
+    assert select(frame, ["metric=AP50"])["value"].tolist() == [2]
+    with pytest.raises(DataError, match="no row has metric"):
+        select(frame, ["metric=AP75|PQ"])
