@@ -58,8 +58,10 @@ def finalize_shards(out: Path, total: int, vocab: Vocabulary, state: dict, salt:
 
     Streams one part (one shard's rows) at a time. Returns the summary.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
-    from data_tools.shards import MANIFEST_WRITE_OPTIONS, WORK_DIR, _manifest_schema, shard_name
+    from data_tools.shards import (MANIFEST_ROW_GROUP, MANIFEST_WRITE_OPTIONS, WORK_DIR,
+                                   _manifest_schema, shard_name)
     parts = out / WORK_DIR / "parts"
     sizes: dict[str, int] = {}
     skipped = collections.Counter(state["skipped"])
@@ -68,11 +70,16 @@ def finalize_shards(out: Path, total: int, vocab: Vocabulary, state: dict, salt:
     with atomic_path(out / "manifest.parquet") as tmp:
         with pq.ParquetWriter(tmp, _manifest_schema(state["has_true"]),
                               **MANIFEST_WRITE_OPTIONS) as writer:
+            group: list = []  # parts gathered into row groups of MANIFEST_ROW_GROUP rows
             for index in range(total):
                 name = shard_name(index)
                 stats = json.loads((parts / f"{name}.json").read_text(encoding="utf-8"))
                 table = pq.read_table(parts / f"{name}.parquet")
-                writer.write_table(table)
+                group.append(table)
+                if sum(len(t) for t in group) >= MANIFEST_ROW_GROUP or index == total - 1:
+                    writer.write_table(pa.concat_tables(group),
+                                       row_group_size=MANIFEST_ROW_GROUP)
+                    group = []
                 tally.add(table)
                 sizes[name] = stats["samples"]
                 skipped.update(stats["skipped"])

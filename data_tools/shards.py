@@ -52,6 +52,10 @@ WORK_DIR = ".work"
 # and compression of them cost more time than the bytes they save (measured:
 # reading a manifest this way is 3x faster, the file 25% larger).
 MANIFEST_WRITE_OPTIONS = {"use_dictionary": ["shard", "ext"], "compression": "none"}
+# Rows per manifest row group: one group per shard (1,000 rows) reads 1.9x slower
+# than groups of 2^18 rows (measured on a 3M-row manifest), and a group this size
+# holds ~20 MB. Row-group rank statistics let `subsets make` skip columns it does not need.
+MANIFEST_ROW_GROUP = 1 << 18
 
 
 @dataclass

@@ -64,32 +64,42 @@ class SegmentTally:
         classes = len(self.counts)
         lengths = np.diff(offsets)
         self.images += len(lengths)
-        raw = values if label_map is None else label_map[values]
-        raw = raw[raw >= 0]
+        raw = values
+        if label_map is not None:
+            raw = label_map[values]
+            raw = raw[raw >= 0]
         self.labels += len(raw)
         self.counts += np.bincount(raw, minlength=classes)
-        single = np.repeat(lengths == 1, lengths)
+        starts = offsets[:-1]
         # A single label's ancestor chain has no repeats: count the single-label
         # images per source class, then push the counts up the chains (C x depth).
-        per_class = np.bincount(values[single], minlength=len(closure))
+        per_class = np.bincount(values[starts[lengths == 1]], minlength=len(closure))
         for level in closure.T:
             target = level if label_map is None else np.where(level >= 0, label_map[level], -1)
             ok = target >= 0
             pushed = np.bincount(target[ok], weights=per_class[ok], minlength=classes)
             self.closed_counts += pushed.astype(np.int64)
             self.closed_labels += int(pushed.sum())
-        if single.all():
+        is_multi = lengths > 1
+        if not is_multi.any():
             return
-        rows = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)[~single]
-        multi = closure[values[~single]]                 # (labels, depth), -1 padded
+        # Rows with several labels: their labels' positions without a per-label repeat
+        # over the whole batch (row start + index within the row).
+        sizes = lengths[is_multi]
+        rows = np.repeat(np.flatnonzero(is_multi), sizes)
+        first = np.cumsum(sizes) - sizes
+        positions = np.repeat(starts[is_multi] - first, sizes) + np.arange(len(rows))
+        multi = closure[values[positions]]               # (labels, depth), -1 padded
         if label_map is not None:
             multi = np.where(multi >= 0, label_map[multi], -1)
-        pairs = (rows[:, None] * classes + multi)[multi >= 0]
+        # (row, class) packed as row << bits | class: shifts and masks, not * and %.
+        bits = max(int(classes).bit_length(), 1)
+        pairs = ((rows[:, None] << bits) | multi)[multi >= 0]
         # Sort + neighbour test: numpy's hash-based np.unique is far slower on int64 here.
         pairs.sort()
         pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])]
         self.closed_labels += len(pairs)
-        self.closed_counts += np.bincount(pairs % classes, minlength=classes)
+        self.closed_counts += np.bincount(pairs & ((1 << bits) - 1), minlength=classes)
 
     def merge(self, other: "SegmentTally") -> None:
         self.images += other.images

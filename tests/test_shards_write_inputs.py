@@ -36,8 +36,9 @@ def test_folder_tree_becomes_rank_ordered_shards_readable_by_webdataset(tmp_path
     manifest = load_manifest(out)
     assert list(manifest.columns) == ["key", "shard", "labels", "rank", "bytes", "sha1", "ext"]
     assert len(manifest) == 24 and manifest["rank"].is_monotonic_increasing
-    assert pq.ParquetFile(out / "manifest.parquet").schema_arrow.field("labels").type.value_type \
-        == "int32"
+    parquet = pq.ParquetFile(out / "manifest.parquet")
+    assert parquet.schema_arrow.field("labels").type.value_type == "int32"
+    assert parquet.metadata.num_row_groups == 1  # 5 shards' parts gathered into one row group
     sizes = json.loads((out / "sizes.json").read_text())
     assert sum(sizes.values()) == 24 and max(sizes.values()) <= 5
     assert [p.name for p in _shards(out)] == sorted(sizes)

@@ -125,17 +125,30 @@ def test_streamed_statistics_are_exact_and_independent_of_batch_size(tmp_path):
         a = json.loads((s1.folder / "stats.json").read_text())
         b = json.loads((s2.folder / "stats.json").read_text())
         assert a == {**b, "name": a["name"]}
-    stats = json.loads((small[0].folder / "stats.json").read_text())
-    first = labels[:3000]
-    expected = np.zeros(80, dtype=int)
-    closed = np.zeros(80, dtype=int)
-    for ids in first:  # brute force, one image at a time
-        expected[ids] += 1
-        closed[vocab.close(ids)] += 1
-    assert stats["labels"]["class_images"] == expected.tolist()
-    assert stats["closed"]["class_images"] == closed.tolist()
-    assert stats["labels"]["labels"] == sum(len(ids) for ids in first)
-    assert stats["closed"]["labels"] == sum(len(vocab.close(ids)) for ids in first)
+    # The all-rows subset reads its rows past 3000 with only the tally's columns
+    # (row groups of 4096 rows): its statistics must be as exact as the written one's.
+    for subset, rows in ((small[0], 3000), (small[1], 20000)):
+        stats = json.loads((subset.folder / "stats.json").read_text())
+        first = labels[:rows]
+        expected = np.zeros(80, dtype=int)
+        closed = np.zeros(80, dtype=int)
+        for ids in first:  # brute force, one image at a time
+            expected[ids] += 1
+            closed[vocab.close(ids)] += 1
+        assert stats["labels"]["class_images"] == expected.tolist()
+        assert stats["closed"]["class_images"] == closed.tolist()
+        assert stats["labels"]["labels"] == sum(len(ids) for ids in first)
+        assert stats["closed"]["labels"] == sum(len(vocab.close(ids)) for ids in first)
+
+
+def test_the_all_rows_subset_links_the_shards_manifest(tmp_path):
+    root, _, _ = fake_shards(tmp_path / "shards", 5000)
+    part, full = make_subsets(root, tmp_path / "sub", SubsetsConfig(sizes=["0.5", "1"]),
+                              progress=False)
+    linked = full.folder / "manifest.parquet"
+    assert linked.stat().st_ino == (root / "manifest.parquet").stat().st_ino  # no bytes copied
+    assert pq.read_table(linked).equals(pq.read_table(root / "manifest.parquet"))
+    assert pq.read_table(part.folder / "manifest.parquet").num_rows == part.images
 
 
 def test_subset_statistics_match_the_full_set_within_sampling_tolerance(tmp_path):
