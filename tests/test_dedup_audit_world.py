@@ -71,8 +71,15 @@ def test_outputs_follow_the_documented_format(audit):
             assert (folder / file).is_file(), (name, file)
         table = pd.read_parquet(folder / "duplicates.parquet")
         assert list(table.columns) == ["test_id", "test_image", "rank", "pretrain_key", "score", "view",
-                                       "pool_shard", "is_duplicate"]
+                                       "pool_shard", "retrieval_score", "is_duplicate"]
+        # crop alignment only raises scores, names its box, and ranks stay in score order
+        assert (table["score"] >= table["retrieval_score"]).all()
+        raised = table["score"] > table["retrieval_score"]
+        assert table.loc[raised, "view"].str.contains("aligned").all()
+        for _, rows in table.groupby("test_id"):
+            assert rows.sort_values("rank")["score"].is_monotonic_decreasing
         summary = json.loads((folder / "summary.json").read_text())
+        assert summary["aligned"]["pairs_raised"] == int(raised.sum())
         assert len(table) == 5 * summary["readable_images"] and summary["readable_images"] == 30
         assert table["score"].between(-1.001, 1.001).all()
         assert [s["threshold"] for s in summary["sweep"]] == sorted(s["threshold"] for s in summary["sweep"])

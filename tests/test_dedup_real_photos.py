@@ -8,6 +8,7 @@ holds the originals plus photos that have no copy. Runs the real commands.
 import io
 import json
 
+import matplotlib.cbook
 import numpy as np
 import pandas as pd
 import pytest
@@ -24,7 +25,9 @@ def _photos() -> dict[str, np.ndarray]:
         "astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
         "retina", "camera", "coins", "moon", "page")}
     china, flower = load_sample_images().images
-    photos.update(china=china, flower=flower)
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as handle:
+        hopper = np.asarray(Image.open(handle).convert("RGB"))
+    photos.update(china=china, flower=flower, hopper=hopper)
     return {k: np.stack([v] * 3, -1) if v.ndim == 2 else v[..., :3] for k, v in photos.items()}
 
 
@@ -37,6 +40,17 @@ def _jpeg(image: Image.Image, quality: int = 90) -> bytes:
 def _crop(image: Image.Image) -> Image.Image:  # keeps ~75% of the area, off-centre
     w, h = image.size
     return image.crop((int(0.12 * w), int(0.02 * h), int(0.98 * w), int(0.89 * h)))
+
+
+def _off_grid_crop(image: Image.Image) -> Image.Image:
+    """61% of the area at an aspect change, between the query views' crops; then resized.
+
+    Through the views alone it scores below the default threshold; crop
+    alignment finds its box.
+    """
+    w, h = image.size
+    crop = image.crop((int(0.21 * w), int(0.03 * h), int(0.93 * w), int(0.88 * h)))
+    return crop.resize((crop.width * 2 // 3, crop.height * 2 // 3), Image.BILINEAR)
 
 
 def _jitter(image: Image.Image) -> Image.Image:
@@ -55,6 +69,7 @@ COPIES = {  # test photo -> transform of its copy in the pool
     "rocket": ("jpeg", lambda im: im, 15),
     "china": ("colour", _jitter, 90),
     "retina": ("crop", _crop, 90),
+    "hopper": ("crop", _off_grid_crop, 85),
 }
 POOL_ONLY = ["hubble_deep_field", "immunohistochemistry", "camera", "page"]
 TEST_ONLY = ["coins", "moon", "flower"]   # distinct photos with no copy in the pool
@@ -92,6 +107,11 @@ def test_every_copy_is_found_with_its_pool_key(audited):
         row = best.loc[f"{name}.jpg"]
         assert row["pretrain_key"] == sanitize_key(f"photo/copy_{name}"), (name, transform)
         assert row["is_duplicate"], f"{transform} copy of {name} scored {row['score']:.3f}"
+    # the off-grid crop is found only through crop alignment, which names its box
+    threshold = json.loads((audited / "summary.json").read_text())["threshold"]
+    hopper = best.loc["hopper.jpg"]
+    assert hopper["retrieval_score"] < threshold <= hopper["score"]
+    assert hopper["view"].startswith("aligned0.7")
 
 
 def test_distinct_photos_are_not_flagged(audited):

@@ -4,15 +4,16 @@ Per test set, in ``AUDIT/NAME/``::
 
     config.yaml, complete.json      lineage (audit config; index, test set, ground truth hashes)
     duplicates.parquet              test_id, test_image, rank, pretrain_key, score, view, pool_shard,
-                                    is_duplicate
+                                    retrieval_score, is_duplicate
                                     (the k best pool neighbours of every readable test image)
     summary.json                    counts, threshold (+ where it came from), sweep, calibration,
                                     unreadable test images, cleaned test set
     report.md + gallery.png         for human review (see report.py)
     clean/...                       the test set without its flagged images, in its own format
 
-A test image is flagged when its best neighbour's exact cosine >= the
-threshold: ``--threshold``, else the threshold calibrated on the ground truth
+Borderline neighbours are re-scored with the test image's best-aligned crop
+(align.py; ``retrieval_score`` keeps the score before). A test image is
+flagged when its best neighbour's exact cosine >= the threshold: ``--threshold``, else the threshold calibrated on the ground truth
 for ``--target-precision`` (over all test sets of the run together), else the
 embedder's registered default.
 """
@@ -32,6 +33,7 @@ from datascale.config import from_dict
 from datascale.errors import DataError
 from datascale.lineage import config_record, mark_complete, prepare_output_dir
 from data_tools.dedup import STAGE_AUDIT
+from data_tools.dedup.align import align_neighbours
 from data_tools.dedup.build import META_FILE, index_is_complete, read_meta
 from data_tools.dedup.calibration import Calibration, GroundTruth, joint_calibration, load_ground_truth
 from data_tools.dedup.embedders import Embedder, make_embedder
@@ -121,8 +123,13 @@ def embed_testset(testset: TestSet, embedder: Embedder, views: list, *, batch_si
     return ids, vectors, unreadable
 
 
-def neighbours_table(testset: TestSet, ids: list[str], found, index: LoadedIndex, view_names: list[str]):
-    """The duplicates.parquet rows (without is_duplicate): one per (test image, neighbour)."""
+def neighbours_table(testset: TestSet, ids: list[str], found, index: LoadedIndex, view_names: list[str],
+                     raised: dict):
+    """The duplicates.parquet rows (without is_duplicate): one per (test image, neighbour).
+
+    ``raised``: (row, pool id) -> (retrieval score, Box) for pairs whose score
+    crop alignment raised (their view names the box).
+    """
     import pandas as pd
     names = {im.test_id: im.name for im in testset.images}
     shard_names = index.meta["pool"]["shard_names"]
@@ -130,14 +137,22 @@ def neighbours_table(testset: TestSet, ids: list[str], found, index: LoadedIndex
     hit_ids = found.ids[rows, cols]
     keys = index.store.keys(hit_ids) if len(rows) else []
     shards = [shard_names[b] for b in index.store.shard_of(hit_ids)] if len(rows) else []
+    scores = found.scores[rows, cols].astype(np.float32)
+    view = [view_names[v] for v in found.views[rows, cols]]
+    retrieval = scores.copy()
+    for i, (r, pool_id) in enumerate(zip(rows, hit_ids)):
+        if (int(r), int(pool_id)) in raised:
+            retrieval[i], box = raised[(int(r), int(pool_id))]
+            view[i] = f"{view[i]}+{box.name}" if view[i].startswith("mirror") else box.name
     return pd.DataFrame({
         "test_id": pd.Series([ids[r] for r in rows], dtype="string"),
         "test_image": pd.Series([names[ids[r]] for r in rows], dtype="string"),
         "rank": (cols + 1).astype(np.int32),
         "pretrain_key": pd.Series(keys, dtype="string"),
-        "score": found.scores[rows, cols].astype(np.float32),
-        "view": pd.Series([view_names[v] for v in found.views[rows, cols]], dtype="string"),
+        "score": scores,
+        "view": pd.Series(view, dtype="string"),
         "pool_shard": pd.Series(shards, dtype="string"),
+        "retrieval_score": retrieval,
     })
 
 
@@ -171,6 +186,7 @@ class Searched:
     nprobe: int | None
     seconds: float
     truth: GroundTruth | None = None
+    aligned: dict | None = None   # crop-alignment counts (None: alignment off)
 
 
 def search_testset(index: LoadedIndex, testset: TestSet, out_dir: Path, cfg: AuditConfig,
@@ -190,9 +206,15 @@ def search_testset(index: LoadedIndex, testset: TestSet, out_dir: Path, cfg: Aud
     nprobe = (cfg.nprobe or index.plan.nprobe) if index.plan.kind == "ivfpq" else None
     found = search_rescored(index.faiss_index, index.store, vectors, k=cfg.k,
                             candidates=cfg.candidates, nprobe=nprobe)
-    table = neighbours_table(testset, ids, found, index, [v.name for v in views])
+    aligned = None
+    if cfg.align.enabled:
+        by_id = {im.test_id: im for im in testset.images}
+        aligned = align_neighbours(found, lambda row: testset.read(by_id[ids[row]]), index.store,
+                                   views, index.embedder, cfg.align, progress=progress)
+    table = neighbours_table(testset, ids, found, index, [v.name for v in views],
+                             aligned.raised if aligned else {})
     return Searched(testset, out_dir, table, len(ids), unreadable, [v.name for v in views], nprobe,
-                    time.perf_counter() - started)
+                    time.perf_counter() - started, aligned=aligned.stats if aligned else None)
 
 
 def write_audit(index: LoadedIndex, done: Searched, cfg: AuditConfig, threshold: float, source: str,
@@ -212,7 +234,7 @@ def write_audit(index: LoadedIndex, done: Searched, cfg: AuditConfig, threshold:
                                                  "vectors": index.plan.ntotal, "embedder": index.meta["embedder"]},
         "threshold": threshold, "threshold_source": source, "view_specs": list(cfg.views),
         "views": done.views,
-        "k": cfg.k, "candidates": cfg.candidates, "nprobe": done.nprobe,
+        "k": cfg.k, "candidates": cfg.candidates, "nprobe": done.nprobe, "aligned": done.aligned,
         "test_images": len(testset.images), "readable_images": done.readable,
         "unreadable_images": len(done.unreadable), "unreadable": done.unreadable,
         "images_with_duplicate": len(flagged),

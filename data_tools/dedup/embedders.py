@@ -280,8 +280,9 @@ class EmbedderSpec:
     summary: str
 
 
-# Default thresholds: pixels from the demo world's calibration (0.862 for precision >= 0.95
-# with the demo views; real-photo copies score >= 0.92, distinct real photos <= 0.35).
+# Default thresholds: pixels from the demo world's calibration (0.86 for precision >= 0.95
+# with the demo views alone, 0.92-0.93 with crop alignment; real-photo copies score >= 0.92,
+# distinct real photos <= 0.35).
 # backbone: a conservative guess; calibrate it (--ground-truth) for each checkpoint.
 EMBEDDERS: dict[str, EmbedderSpec] = {
     "pixels": EmbedderSpec(PixelsEmbedder, 0.85,

@@ -162,6 +162,14 @@ def _calibration_lines(cal: dict, title: str) -> list[str]:
     return lines
 
 
+def _aligned_sentence(aligned: dict | None) -> str:
+    if not aligned:
+        return " Crop alignment was off."
+    return (f" Crop alignment searched the best crop box for {aligned['pairs_aligned']} borderline "
+            f"pairs of {aligned['images_aligned']} test images and raised {aligned['pairs_raised']} "
+            "of them (view `alignedWxH@X,Y` names the box).")
+
+
 def write_report(out_dir: Path, summary: dict, table, testset, index, cfg) -> dict:
     """Write gallery.png and report.md for one audited test set; returns the gallery record."""
     threshold = summary["threshold"]
@@ -172,7 +180,8 @@ def write_report(out_dir: Path, summary: dict, table, testset, index, cfg) -> di
              f"`{ix['path']}` ({ix['factory']}, {ix['vectors']:,} pool images, embedder "
              f"`{ix['embedder']['name']}`). Scores are exact cosines of the stored vectors; a test "
              "image is flagged when its best pool neighbour (over the query views "
-             f"{', '.join(summary['view_specs'])}) scores at least the threshold.", ""]
+             f"{', '.join(summary['view_specs'])}) scores at least the threshold."
+             + _aligned_sentence(summary.get("aligned")), ""]
     lines += _table(["", ""], [
         ["threshold", f"{threshold:.4f} ({summary['threshold_source']})"],
         ["test images", summary["test_images"]],

@@ -121,6 +121,28 @@ def _default_sweep() -> list[float]:
 
 
 @dataclass
+class AlignConfig:
+    """Crop alignment of borderline neighbours (see data_tools/dedup/align.py)."""
+
+    enabled: bool = True
+    min_score: float = 0.5          # neighbours scoring below this are not aligned
+    skip_above: float = 0.97        # ... nor those already this close
+    min_crop: float = 0.6           # smallest crop side searched, a fraction of the test image's
+    sizes: int = 5                  # crop sides per dimension on the coarse grid
+    max_aspect: float = 1.35        # largest aspect-ratio change of a crop
+    starts: int = 2                 # best grid boxes refined per pair
+
+    def validate(self) -> None:
+        require(-1.0 <= self.min_score <= 1.0, "min_score", "is a cosine and must be in [-1, 1]")
+        require(self.min_score <= self.skip_above <= 1.0, "skip_above",
+                f"must be in [min_score, 1] (min_score is {self.min_score})")
+        require(0.0 < self.min_crop < 1.0, "min_crop", "must be in (0, 1)")
+        require(self.sizes >= 2, "sizes", "must be at least 2")
+        require(self.max_aspect >= 1.0, "max_aspect", "must be at least 1")
+        require(self.starts >= 1, "starts", "must be at least 1")
+
+
+@dataclass
 class AuditConfig:
     """How test images are searched, thresholded, calibrated and shown."""
 
@@ -133,6 +155,7 @@ class AuditConfig:
     sweep: list[float] = field(default_factory=_default_sweep)
     gallery_pairs: int = 6          # pairs per gallery section (top, just above, just below)
     embedder: str | None = None     # the embedder you expect the index to use (checked)
+    align: AlignConfig = field(default_factory=AlignConfig)
     batch_size: int = 64
     workers: int = 2
 
