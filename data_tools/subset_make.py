@@ -377,15 +377,9 @@ def _finish(p: dict, j: int, folder: Path, state: _SubsetPass, root: Path, sizes
 
 def cmd_make(args) -> int:
     """``datascale subsets make``: shortcut flags become ``--set`` overrides (kept in lineage)."""
-    from scaling.cli import config_from_args
-    for key in ("sizes", "names", "classes"):
-        value = getattr(args, key)
-        if value is not None:
-            # A JSON list of strings is valid YAML: "1.0" stays the text "1.0", not a float.
-            items = [v.strip() for v in value.split(",") if v.strip()]
-            args.overrides.append(f"{key}={json.dumps(items)}")
-    if args.top_classes is not None:
-        args.overrides.append(f"top_classes={args.top_classes}")
+    from scaling.cli import config_from_args, flag_overrides
+    flags = {key: key for key in ("sizes", "names", "classes", "top_classes")}
+    args.overrides += flag_overrides(args, flags, lists=("sizes", "names", "classes"))
     cfg = config_from_args(SubsetsConfig, args)
     subsets = make_subsets(args.shards, args.out, cfg, force=args.force, progress=not args.quiet)
     for subset in subsets:

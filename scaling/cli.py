@@ -78,6 +78,29 @@ def add_config_args(parser: argparse.ArgumentParser, default_config: str | None,
                         help="replace an output folder that was made with a different config")
 
 
+def flag_overrides(args: argparse.Namespace, keys: dict[str, str],
+                   lists: Sequence[str] = ()) -> list[str]:
+    """``--set`` overrides for a stage's shortcut flags: ``{flag attribute: config key}``.
+
+    Flags left unset (None or "") give nothing; flags named in ``lists`` are
+    comma-separated and become JSON lists of strings (valid YAML, so "1.0"
+    stays the text "1.0"); floats keep their repr. The result goes after
+    the user's ``--set`` values, so flags win, and is recorded in lineage.
+    """
+    import json
+    out = []
+    for attr, key in keys.items():
+        value = getattr(args, attr, None)
+        if value is None or value == "":
+            continue
+        if attr in lists:
+            value = json.dumps([v.strip() for v in str(value).split(",") if v.strip()])
+        elif isinstance(value, float):
+            value = repr(value)
+        out.append(f"{key}={value}")
+    return out
+
+
 def config_from_args(schema: type[T], args: argparse.Namespace) -> T:
     """Load ``schema`` from the ``--config`` file plus ``--set`` overrides."""
     return load_config(schema, args.config, args.overrides)

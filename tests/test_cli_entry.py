@@ -59,3 +59,13 @@ def test_help_is_fast_without_heavy_imports():
             "print(','.join(m for m in ('torch', 'faiss', 'deepspeed') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == ""
+
+
+def test_shortcut_flags_become_set_overrides():
+    from scaling.cli import flag_overrides
+    args = argparse.Namespace(sizes="240, 720,1.0", embedder="", threshold=0.0, workers=0,
+                              checkpoint=None)
+    keys = {"sizes": "sizes", "embedder": "audit.embedder", "threshold": "audit.threshold",
+            "workers": "audit.workers", "checkpoint": "embedder.backbone.checkpoint"}
+    assert flag_overrides(args, keys, lists=("sizes",)) == [
+        'sizes=["240", "720", "1.0"]', "audit.threshold=0.0", "audit.workers=0"]

@@ -31,37 +31,19 @@ and recall per threshold and calibrates the threshold for --target-precision.
 """
 
 
-def _index_overrides(args: argparse.Namespace) -> list[str]:
-    extra = []
-    if args.embedder:
-        extra.append(f"embedder.name={args.embedder}")
-    if args.checkpoint:
-        extra.append(f"embedder.backbone.checkpoint={args.checkpoint}")
-    if args.max_memory:
-        extra.append(f"index.max_memory={args.max_memory}")
-    if args.workers is not None:
-        extra.append(f"embedder.workers={args.workers}")
-    return extra
-
-
-def _audit_overrides(args: argparse.Namespace) -> list[str]:
-    extra = []
-    if args.threshold is not None:
-        extra.append(f"audit.threshold={args.threshold!r}")
-    if args.target_precision is not None:
-        extra.append(f"audit.target_precision={args.target_precision!r}")
-    if args.embedder:
-        extra.append(f"audit.embedder={args.embedder}")
-    if args.workers is not None:
-        extra.append(f"audit.workers={args.workers}")
-    return extra
+# Shortcut flags -> config keys (scaling.cli.flag_overrides).
+_INDEX_FLAGS = {"embedder": "embedder.name", "checkpoint": "embedder.backbone.checkpoint",
+                "max_memory": "index.max_memory", "workers": "embedder.workers"}
+_AUDIT_FLAGS = {"threshold": "audit.threshold", "target_precision": "audit.target_precision",
+                "embedder": "audit.embedder", "workers": "audit.workers"}
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
     from datascale.config import load_config
     from data_tools.dedup.build import build_index
     from data_tools.dedup.schema import DedupConfig
-    cfg = load_config(DedupConfig, args.config, [*args.overrides, *_index_overrides(args)])
+    from scaling.cli import flag_overrides
+    cfg = load_config(DedupConfig, args.config, [*args.overrides, *flag_overrides(args, _INDEX_FLAGS)])
     result = build_index(args.pool, args.out, cfg, step=args.step, part=args.part, parts=args.parts,
                          rank=args.rank, world_size=args.world_size, force=args.force,
                          progress=not args.quiet)
@@ -77,7 +59,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from datascale.config import load_config
     from data_tools.dedup.audit import run_audit
     from data_tools.dedup.schema import DedupConfig
-    cfg = load_config(DedupConfig, args.config, [*args.overrides, *_audit_overrides(args)])
+    from scaling.cli import flag_overrides
+    cfg = load_config(DedupConfig, args.config, [*args.overrides, *flag_overrides(args, _AUDIT_FLAGS)])
     summaries = run_audit(args.index, args.testset, args.out, cfg.audit,
                           ground_truth=args.ground_truth, force=args.force, progress=not args.quiet)
     for s in summaries:
