@@ -106,9 +106,9 @@ def test_align_neighbours_raises_only_borderline_pairs_and_reorders_rows(pixels)
     store = _Store([crop, other, crop])
     views = parse_views(["identity", "mirror"])
     # row 0: the crop (pool 0) ranked second at a borderline score, a distinct photo first;
-    # row 1: the same crop at 0.55, below min_score: left as it is; row 2: undecodable bytes.
+    # row 1: the same crop at 0.45, below min_score: left as it is; row 2: undecodable bytes.
     found = Neighbours(ids=np.array([[1, 0], [2, -1], [0, -1]]),
-                       scores=np.array([[0.8, 0.7], [0.55, -np.inf], [0.9, -np.inf]], np.float32),
+                       scores=np.array([[0.8, 0.7], [0.45, -np.inf], [0.9, -np.inf]], np.float32),
                        views=np.zeros((3, 2), np.int16))
     images = [_png(photo), _png(photo), b"not an image"]
     aligned = align_neighbours(found, images.__getitem__, store, views, pixels, AlignConfig(),
@@ -116,7 +116,7 @@ def test_align_neighbours_raises_only_borderline_pairs_and_reorders_rows(pixels)
     assert found.ids[0].tolist() == [0, 1] and found.scores[0, 0] >= 0.97
     assert found.scores[0, 1] == pytest.approx(0.8)  # the distinct photo did not gain
     assert (0, 0) in aligned.raised and aligned.raised[(0, 0)][0] == pytest.approx(0.7)
-    assert found.scores[1, 0] == pytest.approx(0.55)
+    assert found.scores[1, 0] == pytest.approx(0.45)
     assert aligned.stats["images_aligned"] == 1 and aligned.stats["images_unreadable"] == 1
     assert aligned.stats["pairs_aligned"] == 2
 
