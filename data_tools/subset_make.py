@@ -265,7 +265,8 @@ def _pass_batches(manifest: Path, written_rank: float, batch_rows: int):
     statistics (a group without them is read whole)."""
     import pyarrow.parquet as pq
     meta = pq.ParquetFile(manifest).metadata
-    rank = meta.schema.to_arrow_schema().get_field_index("rank")
+    # Row-group statistics are per leaf column: find rank's by path, not by field position.
+    rank = next(i for i in range(len(meta.schema)) if meta.schema.column(i).path == "rank")
     groups = meta.num_row_groups
     narrow = next((i for i in range(groups)
                    if (stats := meta.row_group(i).column(rank).statistics) is not None

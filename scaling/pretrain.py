@@ -20,6 +20,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from datascale.atomic import append_jsonl, write_json
@@ -190,22 +191,34 @@ class _Metrics:
             append_jsonl(self.path, record)
 
 
-def train(cfg, out: Path, progress: bool = True, force: bool = False) -> dict:
-    """Run (or resume) a pretraining run into ``out``; returns the final metrics.
+@dataclass
+class _Run:
+    """One rank's view of a run, resolved before training starts."""
 
-    Must run in every rank's process (the launcher starts them). Memory: the
-    model, optimizer state and one batch per rank; the data is streamed.
+    train_set: object
+    evalset: object
+    vocab: object
+    world_size: int
+    rank: int
+    cuda: bool
+    precision: str
+    ds_config: dict
+    device: object
+    model: object
+
+
+def _start(cfg, out: Path, force: bool) -> tuple[_Run, dict | None]:
+    """Check everything, build the model, write lineage, join the process group.
+
+    Returns the run and, when ``out`` is already complete, its final metrics.
+    Everything a user can get wrong is checked before any process group,
+    output folder or training state exists.
     """
     import torch
     import torch.distributed as dist
-    from tqdm import tqdm
 
-    from data_tools.loader import make_train_loader
-    from scaling import checkpoint as ckpt
     from scaling.pretrain_config import deepspeed_json, resolve_precision
 
-    # Everything a user can get wrong is checked before any process group,
-    # output folder or training state exists.
     train_set, evalset, vocab = _resolve_data(cfg)
     world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     cfg.data.loader.batch_size = cfg.deepspeed.micro_batch
@@ -215,77 +228,109 @@ def train(cfg, out: Path, progress: bool = True, force: bool = False) -> dict:
     torch.manual_seed(cfg.seed)
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
     model = _build_model(cfg, len(vocab), device, channels_last=cuda and cfg.model.channels_last)
-
+    run = _Run(train_set, evalset, vocab, world_size, rank, cuda, precision, ds_config, device, model)
     if rank == 0:
         record = config_record("pretrain", cfg, {"train_manifest": Path(train_set.path) / "manifest.parquet",
                                                  "eval_manifest": Path(evalset.path) / "manifest.parquet"},
                                extra={"lineage": _lineage(cfg, train_set, vocab, world_size)})
         if prepare_output_dir(out, record, force=force) == "complete" and world_size == 1:
             log.info("%s is complete for this config: nothing to do", out)
-            return json.loads((out / "metrics.json").read_text())
+            return run, json.loads((out / "metrics.json").read_text())
         write_json(out / "deepspeed.json", ds_config)
     import deepspeed  # after the checks: a finished run costs no DeepSpeed start-up
 
     ensure_process_group_env()
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
     dist.barrier()
-    if is_complete(out):
-        return json.loads((out / "metrics.json").read_text())
+    finished = json.loads((out / "metrics.json").read_text()) if is_complete(out) else None
+    return run, finished
 
-    optimizer, scheduler = _optimizer(cfg, model)
-    engine = build_engine(model, optimizer, scheduler, ds_config, world_size)
+
+def train(cfg, out: Path, progress: bool = True, force: bool = False) -> dict:
+    """Run (or resume) a pretraining run into ``out``; returns the final metrics.
+
+    Must run in every rank's process (the launcher starts them). Memory: the
+    model, optimizer state and one batch per rank; the data is streamed.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from data_tools.loader import make_train_loader
+    from scaling import checkpoint as ckpt
+
+    run, finished = _start(cfg, out, force)
+    if finished is not None:
+        return finished
+    rank, world_size, vocab = run.rank, run.world_size, run.vocab
+    optimizer, scheduler = _optimizer(cfg, run.model)
+    engine = build_engine(run.model, optimizer, scheduler, run.ds_config, world_size)
     ckpt_dir = out / "checkpoints"
     position = ckpt.resume(engine, ckpt_dir, rank) or ckpt.DataPosition()
     metrics = _Metrics(out / "metrics.jsonl", rank, position.step)
-    generator = torch.Generator()
     key_log = (out / "data" / f"keys-rank{rank}.txt") if cfg.data.log_keys else None
     if key_log:
         _truncate_key_log(key_log, position.step)
 
-    loader = make_train_loader(train_set, cfg.data.loader, num_classes=len(vocab),
+    loader = make_train_loader(run.train_set, cfg.data.loader, num_classes=len(vocab),
                                epoch=position.epoch, samples_seen=position.samples_seen,
                                rank=rank, world_size=world_size)
-    bar = tqdm(total=cfg.schedule.steps, initial=position.step, desc=f"pretrain {train_set.name}",
+    bar = tqdm(total=cfg.schedule.steps, initial=position.step, desc=f"pretrain {run.train_set.name}",
                disable=not progress or rank != 0, unit="step")
     state = _LoopState(ckpt.latest_tag(ckpt_dir))
-    # With bf16/fp16 DeepSpeed casts the module, so the inputs must follow.
-    input_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    step_batch = _MicroStep(cfg, run, engine, out, key_log, torch.Generator())
     # Checkpoints are taken at optimizer-step boundaries, so a resumed run starts on one.
-    accum, micro_steps = ds_config["gradient_accumulation_steps"], 0
+    accum, micro_steps = run.ds_config["gradient_accumulation_steps"], 0
     while position.step < cfg.schedule.steps:
         for batch in loader:  # the rest of this epoch; the loader then moves to the next
-            images = batch.images.to(device, dtype=input_dtype, non_blocking=True)
-            if cuda and cfg.model.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            generator.manual_seed(cfg.seed * 1_000_003 + position.step)  # same negatives on resume
-            if len(images):
-                loss = multilabel_loss(engine(images), batch.targets.to(device).to_dense(),
-                                       cfg.loss.negatives_per_step, generator)
-            else:  # every sample of this batch was corrupt (counted by the loader): a zero step
-                loss = sum(p.sum() for p in engine.module.parameters()) * 0.0
-            _check_finite(loss, position.step, state.last_tag, out, rank)
-            engine.backward(loss)
-            engine.step()
-            state.images += len(images) * world_size
-            state.losses.append(loss.item())
-            if key_log:
-                with open(key_log, "a") as handle:
-                    handle.write("".join(f"{position.step}\t{k}\n" for k in batch.keys))
+            step_batch(batch, position.step, state)
             micro_steps += 1
             if micro_steps % accum:
                 continue
             position.step += 1
             position.epoch, position.samples_seen = loader.epoch, loader.samples_seen
             bar.update(1)
-            _after_step(engine, cfg, position, state, scheduler, metrics, evalset, vocab, device,
-                        rank, ckpt_dir, out, bar)
+            _after_step(engine, cfg, position, state, scheduler, metrics, run.evalset, vocab,
+                        run.device, rank, ckpt_dir, out, bar)
             if position.step >= cfg.schedule.steps:
                 break
         if loader.skipped:
             log.warning("rank %d skipped corrupt or missing samples: %s", rank, dict(loader.skipped))
     bar.close()
-    return _finish(engine, cfg, out, rank, state.last_tag, train_set, evalset, vocab, world_size,
-                   state.result)
+    return _finish(engine, cfg, out, rank, state.last_tag, run.train_set, run.evalset, vocab,
+                   world_size, state.result)
+
+
+class _MicroStep:
+    """Forward, backward and DeepSpeed step on one micro-batch (+ the key log)."""
+
+    def __init__(self, cfg, run: _Run, engine, out: Path, key_log: Path | None, generator) -> None:
+        import torch
+        self.cfg, self.run, self.engine, self.out = cfg, run, engine, out
+        self.key_log, self.generator = key_log, generator
+        # With bf16/fp16 DeepSpeed casts the module, so the inputs must follow.
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.precision, torch.float32)
+        self.channels_last = run.cuda and cfg.model.channels_last
+
+    def __call__(self, batch, step: int, state: "_LoopState") -> None:
+        import torch
+        cfg, run, engine = self.cfg, self.run, self.engine
+        images = batch.images.to(run.device, dtype=self.dtype, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        self.generator.manual_seed(cfg.seed * 1_000_003 + step)  # same negatives on resume
+        if len(images):
+            loss = multilabel_loss(engine(images), batch.targets.to(run.device).to_dense(),
+                                   cfg.loss.negatives_per_step, self.generator)
+        else:  # every sample of this batch was corrupt (counted by the loader): a zero step
+            loss = sum(p.sum() for p in engine.module.parameters()) * 0.0
+        _check_finite(loss, step, state.last_tag, self.out, run.rank)
+        engine.backward(loss)
+        engine.step()
+        state.images += len(images) * run.world_size
+        state.losses.append(loss.item())
+        if self.key_log:
+            with open(self.key_log, "a") as handle:
+                handle.write("".join(f"{step}\t{k}\n" for k in batch.keys))
 
 
 class _LoopState:
