@@ -121,10 +121,23 @@ def test_align_neighbours_raises_only_borderline_pairs_and_reorders_rows(pixels)
     assert aligned.stats["pairs_aligned"] == 2
 
 
+def test_only_the_best_max_pairs_of_a_row_are_aligned(pixels):
+    photo = _photo("astronaut")
+    crop, other = _vector(pixels, _crop(photo))[0], _vector(pixels, _photo("chelsea"))[0]
+    found = Neighbours(ids=np.array([[1, 0]]), scores=np.array([[0.8, 0.7]], np.float32),
+                       views=np.zeros((1, 2), np.int16))
+    aligned = align_neighbours(found, lambda row: _png(photo), _Store([crop, other]),
+                               parse_views(["identity"]), pixels, AlignConfig(max_pairs=1),
+                               progress=False)
+    assert aligned.stats["pairs_aligned"] == 1 and not aligned.raised  # the crop was second
+    assert found.ids[0].tolist() == [1, 0]
+
+
 @pytest.mark.parametrize("setting, message", [
     ("audit.align.min_crop=1.2", r"audit\.align\.min_crop: must be in \(0, 1\)"),
     ("audit.align.skip_above=0.3", r"audit\.align\.skip_above: must be in \[min_score, 1\]"),
     ("audit.align.sizes=1", r"audit\.align\.sizes: must be at least 2"),
+    ("audit.align.max_pairs=0", r"audit\.align\.max_pairs: must be at least 1"),
 ])
 def test_bad_alignment_settings_are_config_errors(setting, message, tmp_path, capsys):
     assert main(["dedup", "audit", str(tmp_path / "index"), "--testset", str(tmp_path),

@@ -4,8 +4,9 @@ Query views (views.py) try a fixed 3 x 3 grid of crops; a pool copy cut at
 another size, aspect or position falls between them and scores lower than the
 copy it is (measured on the demo world: a planted crop scored 0.75 through
 the views and 0.99 at its true box). Alignment searches the box for the
-pairs that matter: for each test image, the neighbours scoring in
-``[min_score, skip_above)`` are compared with crops of the test image,
+pairs that matter: for each test image, its best ``max_pairs`` neighbours
+scoring in ``[min_score, skip_above)`` are compared with crops of the test
+image,
 
 1. a coarse grid: linear sizes from ``min_crop`` to 1 (width and height
    apart, aspect ratio change up to ``max_aspect``) at 3 x 3 positions;
@@ -141,8 +142,9 @@ def align_neighbours(found, read_bytes, store, views: list, embedder, cfg, *,
                      progress: bool = True) -> Aligned:
     """Raise ``found``'s scores (a data_tools.dedup.index.Neighbours) to their aligned crop scores.
 
-    ``read_bytes(row)`` returns query row ``row``'s encoded test image. Pairs
-    scoring in ``[cfg.min_score, cfg.skip_above)`` are aligned; a pair keeps
+    ``read_bytes(row)`` returns query row ``row``'s encoded test image. The
+    best ``cfg.max_pairs`` pairs of a row scoring in ``[cfg.min_score,
+    cfg.skip_above)`` are aligned; a pair keeps
     the higher of its two scores, and each row is re-ordered by score. An
     image that no longer decodes keeps its scores and is counted.
     """
@@ -152,6 +154,7 @@ def align_neighbours(found, read_bytes, store, views: list, embedder, cfg, *,
     started = time.perf_counter()
     aligner = Aligner(embedder, cfg)
     todo = (found.ids >= 0) & (found.scores >= cfg.min_score) & (found.scores < cfg.skip_above)
+    todo &= np.cumsum(todo, axis=1) <= cfg.max_pairs   # rows are in score order: the best ones
     rows = np.flatnonzero(todo.any(axis=1))
     raised: dict = {}
     failed = pairs = 0

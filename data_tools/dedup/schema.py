@@ -127,6 +127,7 @@ class AlignConfig:
     enabled: bool = True
     min_score: float = 0.5          # neighbours scoring below this are not aligned
     skip_above: float = 0.97        # ... nor those already this close
+    max_pairs: int = 3              # at most this many per test image (its best in the band)
     min_crop: float = 0.6           # smallest crop side searched, a fraction of the test image's
     sizes: int = 5                  # crop sides per dimension on the coarse grid
     max_aspect: float = 1.35        # largest aspect-ratio change of a crop
@@ -136,6 +137,7 @@ class AlignConfig:
         require(-1.0 <= self.min_score <= 1.0, "min_score", "is a cosine and must be in [-1, 1]")
         require(self.min_score <= self.skip_above <= 1.0, "skip_above",
                 f"must be in [min_score, 1] (min_score is {self.min_score})")
+        require(self.max_pairs >= 1, "max_pairs", "must be at least 1")
         require(0.0 < self.min_crop < 1.0, "min_crop", "must be in (0, 1)")
         require(self.sizes >= 2, "sizes", "must be at least 2")
         require(self.max_aspect >= 1.0, "max_aspect", "must be at least 1")
