@@ -144,9 +144,10 @@ def align_neighbours(found, read_bytes, store, views: list, embedder, cfg, *,
 
     ``read_bytes(row)`` returns query row ``row``'s encoded test image. The
     best ``cfg.max_pairs`` pairs of a row scoring in ``[cfg.min_score,
-    cfg.skip_above)`` are aligned; a pair keeps
-    the higher of its two scores, and each row is re-ordered by score. An
-    image that no longer decodes keeps its scores and is counted.
+    cfg.skip_above)`` are aligned; a pair keeps the higher of its two scores,
+    and each row is re-ordered by score. An image that no longer decodes
+    keeps its scores and is counted. Time: ~8 ms per pair with ``pixels`` on
+    one core; memory: one decoded test image and its crops.
     """
     import time
     from tqdm import tqdm
