@@ -165,3 +165,19 @@ def test_subset_statistics_match_the_full_set_within_sampling_tolerance(tmp_path
     total_variation = 0.5 * np.abs(p / p.sum() - q / q.sum()).sum()
     assert total_variation < 0.06
     assert part["closed"]["labels_per_image"] > part["labels"]["labels_per_image"]
+
+
+def test_a_manifest_without_row_group_statistics_gives_the_same_subsets(tmp_path):
+    root, _, _ = fake_shards(tmp_path / "shards", 20000)
+    with_stats = make_subsets(root, tmp_path / "a", SubsetsConfig(sizes=["3000", "20000"]),
+                              progress=False)
+    manifest = root / "manifest.parquet"
+    pq.write_table(pq.read_table(manifest), manifest, row_group_size=4096, write_statistics=False)
+    assert pq.ParquetFile(manifest).metadata.row_group(1).column(3).statistics is None
+    without = make_subsets(root, tmp_path / "b", SubsetsConfig(sizes=["3000", "20000"]),
+                           progress=False)
+    for a, b in zip(with_stats, without):
+        assert (json.loads((a.folder / "stats.json").read_text())
+                == json.loads((b.folder / "stats.json").read_text()))
+        assert pq.read_table(a.folder / "manifest.parquet").equals(
+            pq.read_table(b.folder / "manifest.parquet"))
