@@ -99,7 +99,8 @@ def initial_backbone(cfg: FinetuneConfig, dilation: tuple[bool, bool, bool]):
 
     ``meta`` is backbone.json's content ({} plus ``arch`` for a bare checkpoint).
     """
-    from scaling.models import backbone_paths, build_backbone, load_backbone
+    from scaling.models import build_backbone
+    from scaling.backbone_io import backbone_paths, load_backbone
 
     if cfg.init == "random":
         return build_backbone(cfg.arch, replace_stride_with_dilation=dilation), {"arch": cfg.arch}
@@ -115,7 +116,7 @@ def run_lineage(cfg: FinetuneConfig, meta: dict) -> dict:
     source = meta.get("lineage") or {}
     weights = None
     if cfg.backbone is not None:
-        from scaling.models import backbone_paths
+        from scaling.backbone_io import backbone_paths
 
         weights = backbone_paths(cfg.backbone)[0]
     pretrain_run = source.get("pretrain_run")
@@ -287,7 +288,7 @@ def config_from_cli(args: argparse.Namespace) -> FinetuneConfig:
     data = read_yaml(resolve_config_path(source))
     data.update({k: flag[k] for k in ("task", "mode", "arch", "seed", "backbone", "init") if flag[k] is not None})
     if flag["backbone"]:
-        from scaling.models import backbone_paths
+        from scaling.backbone_io import backbone_paths
 
         described = backbone_paths(flag["backbone"])[1].is_file()
         if not flag["init"]:

@@ -84,7 +84,9 @@ def _lineage(cfg, train, vocab, world_size: int) -> dict:
 def _build_model(cfg, num_classes: int, device, channels_last: bool):
     import torch
 
-    from scaling.models import MultiLabelClassifier, build_backbone, load_backbone
+    from scaling.models import MultiLabelClassifier, build_backbone
+
+    from scaling.backbone_io import load_backbone
 
     if cfg.model.init_from:
         backbone, _ = load_backbone(cfg.model.init_from, arch=cfg.model.arch)
@@ -405,7 +407,8 @@ def _finish(engine, cfg, out, rank, tag, train_set, evalset, vocab, world_size, 
     import torch.distributed as dist
 
     from scaling import checkpoint as ckpt
-    from scaling.models import MultiLabelClassifier, build_backbone, save_backbone
+    from scaling.models import MultiLabelClassifier, build_backbone
+    from scaling.backbone_io import save_backbone
 
     final = {}
     if rank == 0:

@@ -90,7 +90,8 @@ def test_unknown_views_and_embedders_are_config_errors():
 
 
 def test_backbone_embedder_with_pca_builds_an_index_and_guards_its_checkpoint(tmp_path, capsys):
-    from scaling.models import build_backbone, save_backbone
+    from scaling.models import build_backbone
+    from scaling.backbone_io import save_backbone
     from data_tools.shards import ShardsConfig, write_shards
     import torch
     torch.manual_seed(0)

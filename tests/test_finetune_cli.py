@@ -9,7 +9,8 @@ import torch
 import yaml
 
 from scaling.cli import main
-from scaling.models import build_backbone, save_backbone
+from scaling.models import build_backbone
+from scaling.backbone_io import save_backbone
 
 import finetune_data
 

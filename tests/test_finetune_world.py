@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from scaling.cli import main
-from scaling.models import IMAGE_MEAN, IMAGE_STD, MultiLabelClassifier, build_backbone, save_backbone
+from scaling.models import IMAGE_MEAN, IMAGE_STD, MultiLabelClassifier, build_backbone
+from scaling.backbone_io import save_backbone
 
 from finetune_data import cpu_threads  # noqa: F401  (autouse fixture)
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from datascale.errors import DataError
-from scaling.models import MultiLabelClassifier, build_backbone, load_backbone, save_backbone
+from scaling.models import MultiLabelClassifier, build_backbone
+from scaling.backbone_io import load_backbone, save_backbone
 
 
 @pytest.fixture

@@ -88,7 +88,7 @@ def test_pretrain_writes_a_complete_run(pool, tmp_path):
     meta = json.loads((run / "backbone.json").read_text())
     assert meta["arch"] == "resnet_demo" and meta["lineage"]["subset_images"] == 100
     assert meta["lineage"]["pretrain_run"] == str(run.resolve())
-    from scaling.models import load_backbone
+    from scaling.backbone_io import load_backbone
     backbone, _ = load_backbone(run / "backbone.pt")
     assert all(not k.startswith("fc.") for k in _weights(run))
     with pytest.raises(Exception, match="resnet50"):
@@ -176,7 +176,8 @@ def test_bad_input_fails_before_training(pool, tmp_path, capsys, override, messa
 
 
 def test_checkpoint_of_another_architecture_is_refused(pool, tmp_path, capsys):
-    from scaling.models import build_backbone, save_backbone
+    from scaling.models import build_backbone
+    from scaling.backbone_io import save_backbone
     other = tmp_path / "other"
     save_backbone(build_backbone("resnet_demo"), other, {"num_classes": 3})
     meta = json.loads((other / "backbone.json").read_text())

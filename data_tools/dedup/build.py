@@ -67,7 +67,7 @@ def index_record(pool: Pool, cfg: DedupConfig) -> dict:
     """The lineage record of an index folder: embedder + index config, pool (and checkpoint) hashes."""
     inputs = {"pool": pool.pin_file()}
     if cfg.embedder.name == "backbone":
-        from scaling.models import backbone_paths
+        from scaling.backbone_io import backbone_paths
         inputs["checkpoint"] = backbone_paths(cfg.embedder.backbone.checkpoint)[0]
     return config_record(STAGE_INDEX, {"embedder": cfg.embedder, "index": cfg.index}, inputs,
                          extra={"pool": str(pool.path.resolve())})

@@ -190,7 +190,8 @@ class BackboneEmbedder(Embedder):
     name = "backbone"
 
     def __init__(self, cfg: Any) -> None:
-        from scaling.models import IMAGE_MEAN, IMAGE_STD, backbone_paths, load_backbone
+        from scaling.models import IMAGE_MEAN, IMAGE_STD
+        from scaling.backbone_io import backbone_paths, load_backbone
         import torch
         self.cfg = cfg.backbone
         weights, _ = backbone_paths(self.cfg.checkpoint)
