@@ -38,21 +38,25 @@ def store(tmp_path_factory):
     return root
 
 
+def _crops_pool(root, photos, count: int, side: int, per_shard: int, seed: int):
+    """A shards folder of ``count`` random side x side JPEG crops of ``photos`` (in turn)."""
+    rng = np.random.default_rng(seed)
+    (root / "images" / "crops").mkdir(parents=True)
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        y, x = rng.integers(0, photo.shape[0] - side), rng.integers(0, photo.shape[1] - side)
+        buffer = io.BytesIO()
+        Image.fromarray(photo[y:y + side, x:x + side]).save(buffer, format="JPEG", quality=90)
+        (root / "images" / "crops" / f"c{i:04d}.jpg").write_bytes(buffer.getvalue())
+    write_shards(root / "images", root / "shards",
+                 ShardsConfig(samples_per_shard=per_shard, workers=1), progress=False)
+    return root / "shards"
+
+
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
     """A 40-image shards folder (4 shards) of crops of a real photo."""
-    root = tmp_path_factory.mktemp("pool")
-    photo = skimage.data.astronaut()
-    rng = np.random.default_rng(0)
-    (root / "images" / "crops").mkdir(parents=True)
-    for i in range(40):
-        y, x = rng.integers(0, 400, 2)
-        buffer = io.BytesIO()
-        Image.fromarray(photo[y:y + 112, x:x + 112]).save(buffer, format="JPEG", quality=90)
-        (root / "images" / "crops" / f"c{i:03d}.jpg").write_bytes(buffer.getvalue())
-    write_shards(root / "images", root / "shards", ShardsConfig(samples_per_shard=10, workers=1),
-                 progress=False)
-    return root / "shards"
+    return _crops_pool(tmp_path_factory.mktemp("pool"), [skimage.data.astronaut()], 40, 112, 10, 0)
 
 
 def test_plan_is_exact_for_small_pools_and_ivfpq_within_the_memory_budget():
@@ -134,19 +138,8 @@ def test_interrupted_embedding_resumes_without_redoing_finished_shards(pool, tmp
 @pytest.fixture(scope="module")
 def big_pool(tmp_path_factory):
     """1,100 small crops of real photos in 4 shards: enough vectors for IVF-PQ."""
-    root = tmp_path_factory.mktemp("big_pool")
     photos = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea()]
-    rng = np.random.default_rng(1)
-    (root / "images" / "crops").mkdir(parents=True)
-    for i in range(1100):
-        photo = photos[i % 3]
-        y, x = rng.integers(0, photo.shape[0] - 48), rng.integers(0, photo.shape[1] - 48)
-        buffer = io.BytesIO()
-        Image.fromarray(photo[y:y + 48, x:x + 48]).save(buffer, format="JPEG", quality=90)
-        (root / "images" / "crops" / f"c{i:04d}.jpg").write_bytes(buffer.getvalue())
-    write_shards(root / "images", root / "shards", ShardsConfig(samples_per_shard=300, workers=1),
-                 progress=False)
-    return root / "shards"
+    return _crops_pool(tmp_path_factory.mktemp("big_pool"), photos, 1100, 48, 300, 1)
 
 
 def test_ranks_and_parts_build_the_same_index_as_one_process(big_pool, tmp_path):
