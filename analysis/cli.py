@@ -2,15 +2,16 @@
 
 All three work in one results folder (default ``results/``):
 
-    results.parquet, excluded.csv, collect.yaml        results collect
+    results.parquet, excluded.csv, collect.yaml, collect.complete.json   results collect
     fits.csv, fit_curves.csv, fit_points.csv,
-    fit_excluded.csv, fit.yaml                         fit
-    plots/*.png|svg, report.md, plot.yaml              plot
+    fit_excluded.csv, fit.yaml, fit.complete.json                        fit
+    plots/*.png|svg, report.md, plot.yaml, plot.complete.json            plot
 
 Each ``*.yaml`` is the lineage record of the command that wrote the files
-beside it (datascale.lineage.config_record). ``fit`` and ``plot`` skip work
-whose record shows the same config and the same input hashes, unless
-``--force``. pandas, scipy and matplotlib are imported inside the command
+beside it (datascale.lineage.config_record), each ``*.complete.json`` its
+completion marker. ``fit`` and ``plot`` skip work that is up to date for the
+same config and input hashes (datascale.lineage.is_up_to_date), unless
+``--force``; ``collect`` always re-reads the run folders (it is cheap). pandas, scipy and matplotlib are imported inside the command
 functions so that ``datascale --help`` stays fast.
 """
 
@@ -20,13 +21,11 @@ import argparse
 import logging
 from pathlib import Path
 
-import yaml
-
 from analysis.config import FitConfig, PlotConfig
 from datascale.atomic import write_text
+from datascale.cli import add_config_args, add_shortcut, config_from_args, subcommand
 from datascale.config import dump_yaml
-from datascale.lineage import config_record
-from scaling.cli import add_config_args, config_from_args, subcommand
+from datascale.lineage import COMPLETE_FILE, config_record, is_up_to_date, mark_complete
 
 DEFAULT_TABLE = "results/results.parquet"
 
@@ -51,8 +50,10 @@ def register_cli(subparsers) -> None:
                                  "mode, arch, init): log-linear and saturating power law, bootstrap "
                                  "intervals, model choice by held-out error; writes fits.csv and friends.")
     _table_args(fit)
-    fit.add_argument("--predict", type=float, metavar="IMAGES", help="extrapolate each curve to IMAGES (e.g. 1e9)")
-    fit.add_argument("--target", type=float, metavar="VALUE", help="pretraining images needed to reach VALUE")
+    add_shortcut(fit, "--predict", key="predict_images", type=float, metavar="IMAGES",
+                 help="extrapolate each curve to IMAGES (e.g. 1e9)")
+    add_shortcut(fit, "--target", key="target", type=float, metavar="VALUE",
+                 help="pretraining images needed to reach VALUE")
     add_config_args(fit, None, FitConfig)
 
     plot = subcommand(subparsers, "plot", run_plot, help="figures and results/report.md",
@@ -67,8 +68,8 @@ def register_cli(subparsers) -> None:
 def _table_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", default=DEFAULT_TABLE, help="results table from `datascale results collect`")
     parser.add_argument("--out", default=None, help="output folder (default: the results table's folder)")
-    parser.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
-                        help="only rows with COLUMN=VALUE (repeatable), e.g. --where task=detection")
+    add_shortcut(parser, "--where", key="where", repeat=True, metavar="COLUMN=VALUE",
+                 help="only rows with COLUMN=VALUE (repeatable), e.g. --where task=detection")
 
 
 def _progress() -> bool:
@@ -88,6 +89,7 @@ def run_collect(args: argparse.Namespace) -> int:
     collection = collect_runs(args.runs_dirs, progress=_progress())
     table, excluded = write_results(collection, args.out, roots=args.runs_dirs, merge=args.merge)
     out = Path(args.out)
+    mark_complete(out.parent, {"rows": len(table), "excluded": len(excluded)}, marker=f"collect.{COMPLETE_FILE}")
     print(f"{len(collection.rows)} rows from {collection.runs_seen - _excluded_runs(collection)} runs "
           f"({collection.runs_seen} run folders read); table now {len(table)} rows -> {out}")
     if collection.excluded:
@@ -102,13 +104,15 @@ def _excluded_runs(collection) -> int:
     return len({e["run_dir"] for e in collection.excluded if not e["metric"] and not e["test_set"]})
 
 
-def _up_to_date(record_path: Path, record: dict, outputs: list[Path], force: bool) -> bool:
-    """True when ``record_path`` holds the same stage, config and inputs and every output exists."""
-    if force or not record_path.is_file() or not all(p.is_file() for p in outputs):
-        return False
-    with open(record_path, encoding="utf-8") as handle:
-        old = yaml.safe_load(handle) or {}
-    return all(old.get(k) == record.get(k) for k in ("stage", "config", "inputs"))
+def _up_to_date(out_dir: Path, stage: str, record: dict, outputs: list[Path], force: bool) -> bool:
+    """The shared lineage check, with this stage's record file and marker in the results folder."""
+    return not force and is_up_to_date(out_dir, record, record_file=f"{stage}.yaml",
+                                       marker=f"{stage}.{COMPLETE_FILE}", outputs=outputs)
+
+
+def _finish(out_dir: Path, stage: str, record: dict, summary: dict) -> None:
+    write_text(out_dir / f"{stage}.yaml", dump_yaml(record))
+    mark_complete(out_dir, summary, marker=f"{stage}.{COMPLETE_FILE}")
 
 
 def run_fit(args: argparse.Namespace) -> int:
@@ -118,21 +122,16 @@ def run_fit(args: argparse.Namespace) -> int:
     from analysis.results import read_results
 
     config = config_from_args(FitConfig, args)
-    config.where = config.where + args.where
-    config.predict_images = args.predict if args.predict is not None else config.predict_images
-    config.target = args.target if args.target is not None else config.target
-    config.validate()
     out_dir = Path(args.out) if args.out else Path(args.results).parent
     results = read_results(args.results)  # a clear message for a missing table, before hashing it
     record = config_record("fit", config, inputs={"results": args.results})
-    record_path = out_dir / "fit.yaml"
-    if _up_to_date(record_path, record, [out_dir / f for f in FIT_FILES.values()], args.force):
+    if _up_to_date(out_dir, "fit", record, [out_dir / f for f in FIT_FILES.values()], args.force):
         print(f"fits in {out_dir} are up to date with {args.results} (pass --force to refit)")
         output = read_fits(out_dir)
     else:
         output = fit_table(results, config, progress=_progress())
         write_fits(output, out_dir)
-        write_text(record_path, dump_yaml(record))
+        _finish(out_dir, "fit", record, {"curves": int(output.fits["chosen"].sum()) if len(output.fits) else 0})
     print(text_table(fits_summary(output.fits)))
     if not output.excluded.empty:
         print(f"\nnot fitted ({len(output.excluded)}):")
@@ -149,8 +148,6 @@ def run_plot(args: argparse.Namespace) -> int:
     from analysis.results import read_results
 
     config = config_from_args(PlotConfig, args)
-    config.where = config.where + args.where
-    config.validate()
     out_dir = Path(args.out) if args.out else Path(args.results).parent
     inputs = {"results": args.results, **{name: out_dir / f for name, f in FIT_FILES.items()}}
     if args.reference:
@@ -158,15 +155,14 @@ def run_plot(args: argparse.Namespace) -> int:
     results = read_results(args.results)  # clear errors for missing inputs, before hashing them
     fits = read_fits(out_dir)
     record = config_record("plot", config, inputs=inputs)
-    record_path = out_dir / "plot.yaml"
     figures = sorted((out_dir / PLOTS_DIR).glob("*.png"))
-    if _up_to_date(record_path, record, figures + [out_dir / "report.md"], args.force) and figures:
+    if _up_to_date(out_dir, "plot", record, figures + [out_dir / "report.md"], args.force) and figures:
         print(f"plots in {out_dir / PLOTS_DIR} are up to date (pass --force to redraw)")
         return 0
     reference = read_reference(args.reference) if args.reference else None
     written = plot_scaling(results, fits, out_dir / PLOTS_DIR, config, reference)
     report = write_report(out_dir, figures=[p for p in written if p.suffix == ".png"])
-    write_text(record_path, dump_yaml(record))
+    _finish(out_dir, "plot", record, {"figures": len(written)})
     print(f"wrote {len(written)} figure files -> {out_dir / PLOTS_DIR}")
     print(f"wrote {report}")
     return 0

@@ -18,7 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
-from scaling.cli import main as datascale
+from datascale.cli import main as datascale
 
 TESTSETS = ["detection/annotations/instances_test.json",
             "segmentation/ImageSets/Segmentation/test.txt",

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from datascale.config import load_config
-from scaling.cli import main as datascale
-from scaling.finetune import initial_backbone, prepare
+from datascale.cli import main as datascale
+from scaling.finetune.loop import initial_backbone, prepare
 from scaling.tasks import get_task
 from scaling.tasks.config import FinetuneConfig
 

@@ -77,7 +77,7 @@ def warm_page_cache(root: Path) -> int:
 
 
 def _decode_share(args: tuple[list[str], int]) -> int:
-    from data_tools.transforms import TRANSFORMS, to_unit_range
+    from data_tools.loader.transforms import TRANSFORMS, to_unit_range
     paths, batch = args
     transform = TRANSFORMS["paper"](299, True)
     rng = np.random.default_rng(0)
@@ -109,7 +109,7 @@ def image_folder(tree: Path, workers: int, batch: int, epochs: int) -> int:
 
 
 def datascale_loader(shards: Path, workers: int, batch: int, epochs: int) -> int:
-    from data_tools.loader import LoaderConfig, make_train_loader
+    from data_tools.loader.pipeline import LoaderConfig, make_train_loader
     cfg = LoaderConfig(batch_size=batch, num_workers=workers, shuffle_buffer=500,
                        transform="paper")
     loader = make_train_loader(shards, cfg, num_classes=len(PHOTOS))
@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2,
                         help="epochs per run (amortises worker start-up for every method)")
     args = parser.parse_args()
-    from data_tools.shards import ShardsConfig, write_shards
+    from data_tools.shards.write import ShardsConfig, write_shards
     with tempfile.TemporaryDirectory() as tmp:
         tree = jpeg_folder(Path(tmp) / "tree", args.images)
         shards = Path(tmp) / "shards"

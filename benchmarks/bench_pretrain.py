@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 
 def _model(arch: str, classes: int):
-    from scaling.models import MultiLabelClassifier, build_backbone
+    from scaling.models.backbones import MultiLabelClassifier, build_backbone
 
     torch.manual_seed(0)
     return MultiLabelClassifier(build_backbone(arch), classes, prior=0.01)
@@ -50,8 +50,8 @@ def _block(step, steps: int) -> float:
 
 
 def compare_cpu(arch: str, batch: int, size: int, classes: int, blocks: int, steps: int) -> dict:
-    from scaling.launch import ensure_process_group_env
-    from scaling.pretrain import build_engine
+    from datascale.launch import ensure_process_group_env
+    from scaling.pretrain.loop import build_engine
 
     ensure_process_group_env()
     images = torch.randn(batch, 3, size, size)
@@ -80,7 +80,7 @@ def compare_cpu(arch: str, batch: int, size: int, classes: int, blocks: int, ste
 def gpu_resnet50(batch: int, steps: int) -> dict:
     import deepspeed
 
-    from scaling.launch import ensure_process_group_env
+    from datascale.launch import ensure_process_group_env
 
     ensure_process_group_env()
     model = _model("resnet50", 18291).cuda().to(memory_format=torch.channels_last)

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from bench_loader import Clock, jpeg_folder, warm_page_cache
-from data_tools.shards import ShardsConfig, write_shards
+from data_tools.shards.write import ShardsConfig, write_shards
 
 
 def main() -> None:

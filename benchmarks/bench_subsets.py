@@ -60,7 +60,7 @@ def write_manifest(root: Path, keys: int, seed: int = 0) -> None:
                         ("bytes", pa.int64()), ("sha1", pa.string()), ("ext", pa.string())])
     shards = (keys + PER_SHARD - 1) // PER_SHARD
     names = pa.array([f"shard-{i:06d}.tar" for i in range(shards)])
-    from data_tools.shards import MANIFEST_ROW_GROUP, MANIFEST_WRITE_OPTIONS  # as `shards write`
+    from data_tools.shards.manifest import MANIFEST_ROW_GROUP, MANIFEST_WRITE_OPTIONS  # as `shards write`
     with pq.ParquetWriter(root / "manifest.parquet", schema, **MANIFEST_WRITE_OPTIONS) as writer:
         for lo in range(0, keys, CHUNK):
             n = min(CHUNK, keys - lo)
@@ -91,8 +91,8 @@ PAPER_SIZES = "0.0333333,0.1,0.3333333,1.0"  # 10M/30M/100M/300M of 300M
 
 def run_subsets(shards: str, out: str, sizes: str) -> None:
     """Child process: make the subsets, print time and peak RSS as JSON."""
-    from data_tools.subset_make import make_subsets
-    from data_tools.subsets import SubsetsConfig
+    from data_tools.subsets.make import make_subsets
+    from data_tools.subsets.subset import SubsetsConfig
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     cfg = SubsetsConfig(sizes=sizes.split(","))

@@ -1,4 +1,18 @@
-"""Project exceptions: errors a user can cause, printed by the CLI without a traceback."""
+"""Project exceptions: errors a user can cause, printed by the CLI without a traceback.
+
+Also the one way to skip a bad item and count it (:func:`count_skip`), so that
+nothing is dropped silently: every stage reports its skip counts.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+log = logging.getLogger(__name__)
+
+# Per reason, the first few skips are logged as warnings, the rest at debug level.
+LOGGED_PER_REASON = 5
 
 
 class DatascaleError(Exception):
@@ -22,3 +36,15 @@ class DataError(DatascaleError):
 
 class OutputExistsError(DatascaleError):
     """An output folder already holds results made with a different config."""
+
+
+def count_skip(skipped: collections.Counter | None, reason: str, detail: str) -> None:
+    """Count one skipped item under ``reason`` and log it (the first few per reason as warnings).
+
+    With ``skipped=None`` the caller tolerates no bad item: the skip becomes a DataError.
+    """
+    if skipped is None:
+        raise DataError(f"{reason}: {detail}")
+    skipped[reason] += 1
+    level = logging.WARNING if skipped[reason] <= LOGGED_PER_REASON else logging.DEBUG
+    log.log(level, "skipped (%s): %s", reason, detail)

@@ -82,18 +82,33 @@ def config_record(stage: str, config: Any, inputs: Mapping[str, str | Path] | No
     return record
 
 
-def read_config_record(out_dir: str | Path) -> dict | None:
-    """The config.yaml record of an output folder, or None if it has none."""
-    path = Path(out_dir) / CONFIG_FILE
+def read_config_record(out_dir: str | Path, record_file: str = CONFIG_FILE) -> dict | None:
+    """The config.yaml (or ``record_file``) record of an output folder, or None if it has none."""
+    path = Path(out_dir) / record_file
     if not path.is_file():
         return None
     with open(path, encoding="utf-8") as handle:
         return yaml.safe_load(handle) or {}
 
 
-def _same(record: dict, new: dict) -> bool:
-    keys = ("stage", "config", "inputs")
-    return all(record.get(k) == new.get(k) for k in keys)
+def same_lineage(record: dict | None, new: dict) -> bool:
+    """True when two lineage records have the same stage, config and inputs (times may differ)."""
+    return record is not None and all(record.get(k) == new.get(k) for k in ("stage", "config", "inputs"))
+
+
+def is_up_to_date(out_dir: str | Path, record: dict, *, record_file: str = CONFIG_FILE,
+                  marker: str = COMPLETE_FILE, outputs: tuple | list = ()) -> bool:
+    """True when ``out_dir`` holds finished output of ``record``: the stage's record file has the
+    same stage, config and inputs, its completion ``marker`` exists and so does every one of
+    ``outputs`` (paths). The one answer to "can this stage be skipped?" for every stage.
+
+    Stages that share a folder (``fit`` and ``plot`` in results/) name their own
+    ``record_file`` and ``marker``.
+    """
+    out_dir = Path(out_dir)
+    if not (out_dir / marker).is_file() or not all(Path(p).exists() for p in outputs):
+        return False
+    return same_lineage(read_config_record(out_dir, record_file), record)
 
 
 def prepare_output_dir(out_dir: str | Path, record: dict, force: bool = False
@@ -110,7 +125,7 @@ def prepare_output_dir(out_dir: str | Path, record: dict, force: bool = False
     out_dir = Path(out_dir)
     existing = read_config_record(out_dir)
     if existing is not None:
-        if _same(existing, record):
+        if same_lineage(existing, record):
             return "complete" if is_complete(out_dir) else "resume"
         if not force:
             raise OutputExistsError(
@@ -129,9 +144,10 @@ def prepare_output_dir(out_dir: str | Path, record: dict, force: bool = False
     return "new"
 
 
-def mark_complete(out_dir: str | Path, summary: Mapping[str, Any] | None = None) -> None:
+def mark_complete(out_dir: str | Path, summary: Mapping[str, Any] | None = None,
+                  marker: str = COMPLETE_FILE) -> None:
     """Mark a stage's output folder finished (atomically), with an optional summary."""
-    write_json(Path(out_dir) / COMPLETE_FILE, {
+    write_json(Path(out_dir) / marker, {
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "pid": os.getpid(),
         **to_dict(dict(summary or {})),

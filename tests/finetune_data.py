@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from scaling.finetune import choose_threads
+from scaling.finetune.loop import choose_threads
 
 PERSON = 15
 KEYPOINTS = ["top", "bottom", "left", "right", "centre"]

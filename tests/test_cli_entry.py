@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scaling import cli
+from datascale import cli
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -55,17 +55,39 @@ def test_console_script_is_installed():
 
 def test_help_is_fast_without_heavy_imports():
     """`datascale --help` must not import torch/faiss (seconds of startup)."""
-    code = ("import sys; from scaling import cli; cli.build_parser(); "
+    code = ("import sys; from datascale import cli; cli.build_parser(); "
             "print(','.join(m for m in ('torch', 'faiss', 'deepspeed') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == ""
 
 
-def test_shortcut_flags_become_set_overrides():
-    from scaling.cli import flag_overrides
-    args = argparse.Namespace(sizes="240, 720,1.0", embedder="", threshold=0.0, workers=0,
-                              checkpoint=None)
-    keys = {"sizes": "sizes", "embedder": "audit.embedder", "threshold": "audit.threshold",
-            "workers": "audit.workers", "checkpoint": "embedder.backbone.checkpoint"}
-    assert flag_overrides(args, keys, lists=("sizes",)) == [
-        'sizes=["240", "720", "1.0"]', "audit.threshold=0.0", "audit.workers=0"]
+def test_shortcut_flags_are_set_overrides_in_command_line_order():
+    """One policy for every stage: a flag is --set KEY=VALUE, and the later of the two wins."""
+    from scaling.tasks.config import FinetuneConfig
+    from scaling.finetune.cli import config_from_cli
+
+    parser = cli.build_parser()
+    base = ["finetune", "--task", "detection", "--init", "random", "--arch", "resnet_demo", "--out", "r"]
+    later_set = parser.parse_args([*base, "--steps", "600", "--set", "train.steps=100"])
+    later_flag = parser.parse_args([*base, "--set", "train.steps=100", "--steps", "600"])
+    assert isinstance(config_from_cli(later_set), FinetuneConfig)
+    assert config_from_cli(later_set).train.steps == 100
+    assert config_from_cli(later_flag).train.steps == 600
+    # Lists, floats and repeatable flags keep their meaning; unset flags add nothing.
+    args = parser.parse_args(["subsets", "make", "s", "--out", "o", "--sizes", "240, 720,1.0"])
+    assert args.overrides == ['sizes=["240", "720", "1.0"]']
+    args = parser.parse_args(["dedup", "audit", "i", "--testset", "t", "--out", "o", "--threshold", "0.0",
+                              "--set", "audit.workers=1", "--workers", "0"])
+    assert args.overrides == ["audit.threshold=0.0", "audit.workers=1", "audit.workers=0"]
+    args = parser.parse_args(["fit", "--where", "task=detection", "--where", "mode=frozen"])
+    assert args.overrides[-1] == 'where=["task=detection", "mode=frozen"]'
+
+
+def test_print_config_prints_the_resolved_yaml_and_exits_zero(capsys):
+    import yaml
+
+    code = cli.main(["finetune", "--task", "pose", "--init", "random", "--arch", "resnet_demo",
+                     "--steps", "7", "--out", "never-written", "--print-config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert code == 0 and printed["task"] == "pose" and printed["train"]["steps"] == 7
+    assert not Path("never-written").exists()

@@ -14,7 +14,7 @@ from data_tools.dedup.embedders import make_embedder
 from data_tools.dedup.index import Neighbours
 from data_tools.dedup.schema import AlignConfig, DedupConfig
 from data_tools.dedup.views import parse_views
-from scaling.cli import main
+from datascale.cli import main
 
 TRUE_BOX = (0.17, 0.04, 0.93, 0.83)  # left, top, right, bottom: 76% x 79%, between the view grid's crops
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from scaling.cli import main
+from datascale.cli import main
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from data_tools.shard_io import write_tar
-from scaling.cli import main
+from datascale.formats.wds import write_tar
+from datascale.cli import main
 
 
 def _jpeg(array: np.ndarray) -> bytes:

@@ -14,7 +14,7 @@ from data_tools.dedup.embedders import EMBEDDERS, make_embedder
 from data_tools.dedup.prepare import ImageDecodeError, PreparePool, decode_image, embed_prepared
 from data_tools.dedup.schema import DedupConfig
 from data_tools.dedup.views import parse_views
-from scaling.cli import main
+from datascale.cli import main
 
 
 def _embed(embedder, images, views=None, workers=0):
@@ -90,9 +90,9 @@ def test_unknown_views_and_embedders_are_config_errors():
 
 
 def test_backbone_embedder_with_pca_builds_an_index_and_guards_its_checkpoint(tmp_path, capsys):
-    from scaling.models import build_backbone
-    from scaling.backbone_io import save_backbone
-    from data_tools.shards import ShardsConfig, write_shards
+    from scaling.models.backbones import build_backbone
+    from scaling.models.files import save_backbone
+    from data_tools.shards.write import ShardsConfig, write_shards
     import torch
     torch.manual_seed(0)
     save_backbone(build_backbone("resnet_demo"), tmp_path / "run", {"num_classes": 3})

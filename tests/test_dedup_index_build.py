@@ -17,7 +17,7 @@ from data_tools.dedup.index import (add_part, merge_parts, open_index, plan_inde
                                     train_index)
 from data_tools.dedup.schema import DedupConfig, IndexConfig
 from data_tools.dedup.store import VectorStore, write_block
-from data_tools.shards import ShardsConfig, write_shards
+from data_tools.shards.write import ShardsConfig, write_shards
 
 
 def _clustered(n: int, dim: int, seed: int) -> np.ndarray:
@@ -176,8 +176,8 @@ def test_a_rank_outside_the_world_is_refused(pool, tmp_path):
 
 def test_an_ivfpq_index_moved_elsewhere_still_audits(big_pool, tmp_path):
     import shutil
-    from data_tools.shards import iter_shard_samples
-    from scaling.cli import main
+    from data_tools.shards.write import iter_shard_samples
+    from datascale.cli import main
     cfg = load_config(DedupConfig, "dedup/tiny", ["index.flat_max_vectors=0"])
     build_index(big_pool, tmp_path / "built", cfg, progress=False)
     shutil.move(tmp_path / "built", tmp_path / "moved")   # the on-disk lists follow the index file

@@ -17,7 +17,7 @@ from PIL import Image, ImageEnhance
 from sklearn.datasets import load_sample_images
 
 from data_tools.ranks import sanitize_key
-from scaling.cli import main
+from datascale.cli import main
 
 
 def _photos() -> dict[str, np.ndarray]:

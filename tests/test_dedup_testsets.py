@@ -10,8 +10,8 @@ from PIL import Image
 
 from datascale.errors import DataError
 from data_tools.dedup.testsets import detect_kind, open_testset
-from data_tools.shard_io import write_tar
-from data_tools.shards import iter_shard_samples
+from datascale.formats.wds import write_tar
+from data_tools.shards.write import iter_shard_samples
 
 
 def _jpeg(seed: int) -> bytes:

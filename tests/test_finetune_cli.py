@@ -8,9 +8,9 @@ import pytest
 import torch
 import yaml
 
-from scaling.cli import main
-from scaling.models import build_backbone
-from scaling.backbone_io import save_backbone
+from datascale.cli import main
+from scaling.models.backbones import build_backbone
+from scaling.models.files import save_backbone
 
 import finetune_data
 
@@ -110,10 +110,23 @@ def test_a_diverging_loss_stops_with_a_clear_error_and_failed_json(world, tmp_pa
 
 def test_a_backbone_of_another_architecture_is_a_clear_error(world, tmp_path, capsys):
     code = _finetune(world, tmp_path / "arch", "segmentation", "--backbone", str(world / "pretrained"),
-                     "--arch", "resnet50")
+                     "--arch", "resnet50", "--set", "data.image_size=160")
     assert code == 1
     assert "holds a resnet_demo backbone" in capsys.readouterr().err
     assert not (tmp_path / "arch").exists()
+
+
+def test_a_test_file_with_other_categories_than_training_is_refused(world, tmp_path, capsys):
+    """The model's labels follow the training file's categories: a reordered test file is an error."""
+    test = json.loads((world / "detection/annotations/instances_test.json").read_text())
+    test["categories"] = test["categories"][::-1]
+    (tmp_path / "reordered.json").write_text(json.dumps(test))
+    code = _finetune(world, tmp_path / "cats", "detection", "--init", "random",
+                     "--set", f"data.test_annotations={tmp_path / 'reordered.json'}",
+                     "--set", f"data.test_images={world / 'detection/images/test'}")
+    assert code == 1
+    assert "lists other categories than the training file" in capsys.readouterr().err
+    assert not (tmp_path / "cats" / "complete.json").exists()
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -5,16 +5,25 @@ from __future__ import annotations
 import pytest
 
 from datascale.config import builtin_config_dir, load_config
-from scaling.models import BACKBONES
+from datascale.errors import ConfigError
+from scaling.models.registry import BACKBONES
 from scaling.tasks import TASKS
-from scaling.tasks.config import TASK_NAMES, FinetuneConfig
+from scaling.tasks.config import FinetuneConfig
 
 CONFIGS = sorted(p.stem for p in (builtin_config_dir() / "finetune").glob("*.yaml"))
 
 
-def test_every_task_has_a_demo_config_and_a_registered_implementation():
-    assert set(TASK_NAMES) == set(TASKS)
-    assert set(TASK_NAMES) <= set(CONFIGS)
+def test_every_registered_task_has_a_demo_config_and_an_implementation():
+    assert set(TASKS) <= set(CONFIGS)
+    for name, entry in TASKS.items():
+        assert entry.load().name == name
+
+
+def test_unregistered_task_or_arch_is_refused_when_the_config_loads():
+    with pytest.raises(ConfigError, match="registered tasks: detection, segmentation, pose"):
+        load_config(FinetuneConfig, "finetune/detection", ["task=keypoints", "init=random"])
+    with pytest.raises(ConfigError, match="unknown backbone architecture 'resnet18'"):
+        load_config(FinetuneConfig, "finetune/detection", ["init=random", "arch=resnet18"])
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from datascale.config import load_config
-from scaling.finetune import initial_backbone, prepare, train
-from scaling.models import build_backbone
-from scaling.backbone_io import save_backbone
+from scaling.finetune.loop import initial_backbone, prepare, train
+from scaling.models.backbones import build_backbone
+from scaling.models.files import save_backbone
 from scaling.tasks import get_task
 from scaling.tasks.config import FinetuneConfig
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from scaling.cli import main
-from scaling.models import IMAGE_MEAN, IMAGE_STD, MultiLabelClassifier, build_backbone
-from scaling.backbone_io import save_backbone
+from datascale.cli import main
+from scaling.models.backbones import IMAGE_MEAN, IMAGE_STD, MultiLabelClassifier, build_backbone
+from scaling.models.files import save_backbone
 
 from finetune_data import cpu_threads  # noqa: F401  (autouse fixture)
 

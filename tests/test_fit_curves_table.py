@@ -11,7 +11,7 @@ from analysis.config import FitConfig
 from analysis.fit import CURVE_KEYS, fit_table, read_fits
 from analysis.results import COLUMNS, to_frame
 from datascale.errors import DataError
-from scaling.cli import main
+from datascale.cli import main
 from test_results_run_folders import make_run, make_study
 
 SIZES = (10_000_000, 30_000_000, 100_000_000, 300_000_000)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 
 from datascale.errors import DatascaleError
-from scaling import cli
-from scaling.launch import deepspeed_command, read_hostfile, strip_launch_args
+from datascale import cli
+from datascale.launch import deepspeed_command, read_hostfile, strip_launch_args
 
 
 def test_local_command_runs_the_cli_module_on_n_ranks():
     cmd = deepspeed_command(["pretrain", "--out", "r"], nproc=2, master_port=29999)
     assert cmd[0].endswith("deepspeed")
     assert cmd[1:] == ["--num_gpus", "2", "--master_port", "29999", "--no_local_rank",
-                       "--module", "scaling.cli", "pretrain", "--out", "r"]
+                       "--module", "datascale.cli", "pretrain", "--out", "r"]
 
 
 def test_cluster_command_uses_the_hostfile(tmp_path):
@@ -59,7 +59,7 @@ def test_launch_dry_run_prints_the_command(tmp_path, capsys):
                      "pretrain", "--config", "pretrain/jft300m_resnet101", "--out", "runs/300M"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "--hostfile" in out and "--module scaling.cli pretrain --config pretrain/jft300m_resnet101" in out
+    assert "--hostfile" in out and "--module datascale.cli pretrain --config pretrain/jft300m_resnet101" in out
 
 
 def test_launch_missing_hostfile_is_a_clear_error(capsys):

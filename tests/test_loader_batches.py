@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from data_tools.loader import LoaderConfig, make_eval_loader, make_train_loader
-from data_tools.shards import load_manifest
-from data_tools.subsets import load_subset
+from data_tools.loader.pipeline import LoaderConfig, make_eval_loader, make_train_loader
+from data_tools.shards.write import load_manifest
+from data_tools.subsets.subset import load_subset
 from test_shards_data import CLASSES, small_shards
 
 
@@ -80,8 +80,8 @@ def test_eval_is_a_centre_crop_and_paper_transform_is_299(shards):
 
 
 def test_a_subset_folder_is_a_source_and_only_its_samples_are_read(shards, tmp_path):
-    from data_tools.subset_make import make_subsets
-    from data_tools.subsets import SubsetsConfig
+    from data_tools.subsets.make import make_subsets
+    from data_tools.subsets.subset import SubsetsConfig
     make_subsets(shards, tmp_path / "sub", SubsetsConfig(sizes=["9"]), progress=False)
     subset = load_subset(tmp_path / "sub" / "9")
     cfg = LoaderConfig(batch_size=4, num_workers=0, image_size=16)

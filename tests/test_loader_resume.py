@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from datascale.errors import DataError
-from data_tools.loader import LoaderConfig, make_train_loader
-from data_tools.streams import ShuffleBuffer
+from data_tools.loader.pipeline import LoaderConfig, make_train_loader
+from data_tools.loader.streams import ShuffleBuffer
 from test_shards_data import small_shards
 
 

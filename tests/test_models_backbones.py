@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from datascale.errors import ConfigError
-from scaling.models import (BACKBONES, FROZEN_STAGES, FixedStatsBatchNorm2d, MultiLabelClassifier,
+from scaling.models.registry import BACKBONES
+from scaling.models.backbones import (FROZEN_STAGES, FixedStatsBatchNorm2d, MultiLabelClassifier,
                             build_backbone, fix_batchnorm_stats, freeze_stages)
 
 TORCHVISION_NAMES = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from datascale.errors import DataError
-from scaling.models import MultiLabelClassifier, build_backbone
-from scaling.backbone_io import load_backbone, save_backbone
+from scaling.models.backbones import MultiLabelClassifier, build_backbone
+from scaling.models.files import load_backbone, save_backbone
 
 
 @pytest.fixture
@@ -85,8 +85,8 @@ def test_backbone_inputs_match_the_pretraining_loader():
     import numpy as np
     import torch
 
-    from data_tools.transforms import to_unit_range
-    from scaling.models import IMAGE_MEAN, IMAGE_STD
+    from data_tools.loader.transforms import to_unit_range
+    from scaling.models.backbones import IMAGE_MEAN, IMAGE_STD
 
     pixels = np.random.default_rng(0).integers(0, 256, size=(2, 8, 8, 3), dtype=np.uint8)
     loader = to_unit_range(pixels)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scaling.cli import main
+from datascale.cli import main
 from test_results_run_folders import make_study
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "scaling_curves.ipynb"

@@ -37,7 +37,7 @@ def test_plain_install_has_configs_and_cli(tmp_path):
     assert source and shipped == source
     # Run from a folder without the checkout on sys.path: only the installed copy is seen.
     env = {**os.environ, "PYTHONPATH": str(target)}
-    code = ("import datascale.config as c, scaling.cli as s; "
+    code = ("import datascale.config as c, datascale.cli as s; "
             "print(c.builtin_config_dir()); s.build_parser()")
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
                           capture_output=True, text=True, check=True)

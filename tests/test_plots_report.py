@@ -15,7 +15,7 @@ from analysis.plots import plot_scaling, read_reference, slope_label
 from analysis.report import write_report
 from analysis.results import read_results
 from datascale.errors import DataError
-from scaling.cli import main
+from datascale.cli import main
 from test_results_run_folders import make_run, make_study
 
 EXAMPLE_REFERENCE = Path(__file__).parent / "data" / "example_reference.csv"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scaling import cli
+from datascale import cli
 
 DATASCALE = str(Path(sys.executable).parent / "datascale")
 
@@ -88,7 +88,7 @@ def test_pretrain_writes_a_complete_run(pool, tmp_path):
     meta = json.loads((run / "backbone.json").read_text())
     assert meta["arch"] == "resnet_demo" and meta["lineage"]["subset_images"] == 100
     assert meta["lineage"]["pretrain_run"] == str(run.resolve())
-    from scaling.backbone_io import load_backbone
+    from scaling.models.files import load_backbone
     backbone, _ = load_backbone(run / "backbone.pt")
     assert all(not k.startswith("fc.") for k in _weights(run))
     with pytest.raises(Exception, match="resnet50"):
@@ -176,8 +176,8 @@ def test_bad_input_fails_before_training(pool, tmp_path, capsys, override, messa
 
 
 def test_checkpoint_of_another_architecture_is_refused(pool, tmp_path, capsys):
-    from scaling.models import build_backbone
-    from scaling.backbone_io import save_backbone
+    from scaling.models.backbones import build_backbone
+    from scaling.models.files import save_backbone
     other = tmp_path / "other"
     save_backbone(build_backbone("resnet_demo"), other, {"num_classes": 3})
     meta = json.loads((other / "backbone.json").read_text())
@@ -187,3 +187,11 @@ def test_checkpoint_of_another_architecture_is_refused(pool, tmp_path, capsys):
                      "--set", f"data.eval={pool / 'eval'}", "--set", f"model.init_from={other}",
                      "--out", str(tmp_path / "run"), *FAST])
     assert code == 1 and "resnet50" in capsys.readouterr().err
+
+
+def test_refused_runs_start_no_process_group(pool, tmp_path, capsys):
+    """A user mistake is found before torch.distributed starts (and before it claims a port)."""
+    import torch.distributed as dist
+
+    test_checkpoint_of_another_architecture_is_refused(pool, tmp_path, capsys)
+    assert not dist.is_initialized()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from scaling.monitor import TopKAccumulator
+from scaling.pretrain.map_metric import TopKAccumulator
 
 
 def _random_eval(seed=0, n=300, c=40):

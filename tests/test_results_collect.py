@@ -8,7 +8,7 @@ import yaml
 
 from analysis.results import COLUMNS, collect_runs, read_results, write_results
 from datascale.errors import DataError
-from scaling.cli import main
+from datascale.cli import main
 from test_results_run_folders import make_run, make_study
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing
 
 from analysis.results import read_results
-from scaling.cli import main
+from datascale.cli import main
 from test_results_run_folders import make_study
 
 WORKERS = 4

@@ -9,8 +9,8 @@ import tarfile
 import pytest
 
 from datascale.errors import DataError
-from data_tools.shards import ShardsConfig, load_manifest, write_shards
-from scaling.cli import main
+from data_tools.shards.write import ShardsConfig, load_manifest, write_shards
+from datascale.cli import main
 from test_shards_data import CLASSES, make_folder_tree, photo_bytes, write_manifest
 
 

@@ -96,7 +96,7 @@ def write_manifest(path: Path, rows: list[dict]) -> Path:
 def small_shards(tmp: Path, images: int = 40, per_shard: int = 8, name: str = "shards",
                  **settings) -> Path:
     """Shards of a small synthetic world (with a class hierarchy) in ``tmp/name``."""
-    from data_tools.shards import ShardsConfig, write_shards
+    from data_tools.shards.write import ShardsConfig, write_shards
     world = make_world(tmp / f"{name}_world", images=images)
     cfg = ShardsConfig(samples_per_shard=per_shard, workers=1, **settings)
     write_shards(world, tmp / name, cfg, progress=False)

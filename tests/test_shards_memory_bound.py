@@ -21,7 +21,7 @@ sys.path.insert(0, {tests!r})
 from test_shards_data import photo_bytes
 # Import what the writer imports first, so that import-time allocations are not counted.
 import pandas, pyarrow, pyarrow.parquet, tqdm, PIL.JpegImagePlugin, concurrent.futures, multiprocessing
-from data_tools.shards import ShardsConfig, write_shards
+from data_tools.shards.write import ShardsConfig, write_shards
 tmp, rows, cap = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 tmp.mkdir(parents=True)
 (tmp / "p.jpg").write_bytes(photo_bytes(0, size=16))

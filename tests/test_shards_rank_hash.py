@@ -9,7 +9,7 @@ import numpy as np
 from scipy import stats
 
 from data_tools.ranks import sanitize_key
-from data_tools.shards import sample_rank, sample_ranks
+from data_tools.shards.write import sample_rank, sample_ranks
 
 
 def test_rank_is_a_fixed_value_for_a_fixed_key_and_salt():

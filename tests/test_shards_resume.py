@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-import data_tools.shards as shards_mod
+import data_tools.shards.write as shards_mod
 from datascale.errors import OutputExistsError
-from data_tools.shard_io import read_shard
-from data_tools.shards import ShardsConfig, load_manifest, write_shards
+from datascale.formats.wds import read_shard
+from data_tools.shards.write import ShardsConfig, load_manifest, write_shards
 from test_shards_data import make_world
 
 

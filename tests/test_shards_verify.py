@@ -6,8 +6,8 @@ import io
 import json
 import tarfile
 
-from data_tools.shard_report import verify_shards
-from scaling.cli import main
+from data_tools.shards.report import verify_shards
+from datascale.cli import main
 from test_shards_data import small_shards
 
 

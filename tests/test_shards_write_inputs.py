@@ -14,8 +14,8 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from data_tools.shards import ShardsConfig, iter_shard_samples, load_manifest, write_shards
-from scaling.cli import main
+from data_tools.shards.write import ShardsConfig, iter_shard_samples, load_manifest, write_shards
+from datascale.cli import main
 from test_shards_data import (CLASSES, PHOTOS, make_folder_tree, make_world, photo_bytes,
                               write_manifest)
 

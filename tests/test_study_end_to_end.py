@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from scaling import cli
+from datascale import cli
 
 DATASCALE = str(Path(sys.executable).parent / "datascale")
 TASKS = ("detection", "segmentation", "pose")

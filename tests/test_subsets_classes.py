@@ -7,11 +7,11 @@ import json
 import pytest
 
 from datascale.errors import DataError
-from data_tools.loader import LoaderConfig, make_eval_loader
-from data_tools.shards import load_manifest
-from data_tools.subset_make import make_subsets
-from data_tools.subsets import SubsetsConfig, load_subset
-from scaling.cli import main
+from data_tools.loader.pipeline import LoaderConfig, make_eval_loader
+from data_tools.shards.write import load_manifest
+from data_tools.subsets.make import make_subsets
+from data_tools.subsets.subset import SubsetsConfig, load_subset
+from datascale.cli import main
 from test_shards_data import small_shards
 
 

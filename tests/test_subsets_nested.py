@@ -12,10 +12,10 @@ import pytest
 from datascale.errors import DataError
 from datascale.lineage import mark_complete, prepare_output_dir, config_record
 from data_tools.labels import Vocabulary
-from data_tools.shards import load_manifest
-from data_tools.subset_make import make_subsets
-from data_tools.subsets import SubsetsConfig, full_subset, load_subset, parse_sizes
-from scaling.cli import main
+from data_tools.shards.write import load_manifest
+from data_tools.subsets.make import make_subsets
+from data_tools.subsets.subset import SubsetsConfig, full_subset, load_subset, parse_sizes
+from datascale.cli import main
 from test_shards_data import small_shards
 
 

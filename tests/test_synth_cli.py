@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from scaling.cli import main
+from datascale.cli import main
 
 FAST = ["--config", "world/tiny", "--workers", "1", "--set", "pretrain.images=60", "--set", "eval.images=5",
         "--set", "detection.test=10", "--set", "segmentation.test=10", "--set", "pose.test=10"]

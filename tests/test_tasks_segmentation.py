@@ -9,9 +9,10 @@ from PIL import Image
 from skimage import data as skdata
 
 from datascale.errors import ConfigError, DataError
-from scaling.models import build_backbone
+from scaling.models.backbones import build_backbone
+from datascale.formats.voc import read_mask
 from scaling.tasks.segmentation import (DeepLab, SegmentationTask, class_names, confusion_matrix, iou_metrics,
-                                        read_mask, read_voc)
+                                        read_voc)
 
 
 def test_miou_matches_a_hand_computed_confusion_matrix():

@@ -24,10 +24,12 @@ Cost: ~(grid + 8 x refinement steps) embeddings per aligned pair.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 
 @dataclass(frozen=True)
@@ -149,8 +151,6 @@ def align_neighbours(found, read_bytes, store, views: list, embedder, cfg, *,
     keeps its scores and is counted. Time: ~8 ms per pair with ``pixels`` on
     one core; memory: one decoded test image and its crops.
     """
-    import time
-    from tqdm import tqdm
     from data_tools.dedup.prepare import ImageDecodeError, decode_image
     started = time.perf_counter()
     aligner = Aligner(embedder, cfg)

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from tqdm import tqdm
 
 from datascale.atomic import atomic_path, write_json
 from datascale.config import from_dict
@@ -97,7 +99,6 @@ def embed_testset(testset: TestSet, embedder: Embedder, views: list, *, batch_si
 
     Files that cannot be read or decoded are listed, never dropped silently.
     """
-    from tqdm import tqdm
     unreadable: list[dict] = []
     names = {im.test_id: im.name for im in testset.images}
 
@@ -130,7 +131,6 @@ def neighbours_table(testset: TestSet, ids: list[str], found, index: LoadedIndex
     ``raised``: (row, pool id) -> (retrieval score, Box) for pairs whose score
     crop alignment raised (their view names the box).
     """
-    import pandas as pd
     names = {im.test_id: im.name for im in testset.images}
     shard_names = index.meta["pool"]["shard_names"]
     rows, cols = np.nonzero(found.ids >= 0)

@@ -29,9 +29,9 @@ from datascale.atomic import append_jsonl, write_json
 from datascale.config import to_dict
 from datascale.errors import ConfigError, DataError
 from datascale.lineage import (config_record, is_complete, mark_complete, prepare_output_dir,
-                               read_config_record)
+                               read_config_record, same_lineage)
 from data_tools.dedup import STAGE_INDEX
-from data_tools.dedup.embedders import EMBEDDERS, Embedder, make_embedder
+from data_tools.dedup.embedders import EMBEDDERS, Embedder, embedder_inputs, make_embedder
 from data_tools.dedup.extract import embed_pool, fit_embedder_state, rank_from_env
 from data_tools.dedup.index import (INDEX_FILE, IVFDATA_FILE, TRAINED_FILE, IndexPlan, add_part,
                                     build_flat, merge_parts, plan_index, train_index)
@@ -58,17 +58,9 @@ def _wait_for(path: Path, what: str, timeout: float = _WAIT_SECONDS,
         time.sleep(2.0)
 
 
-def _same_lineage(out: Path, record: dict) -> bool:
-    existing = read_config_record(out) or {}
-    return all(existing.get(k) == record.get(k) for k in ("stage", "config", "inputs"))
-
-
 def index_record(pool: Pool, cfg: DedupConfig) -> dict:
     """The lineage record of an index folder: embedder + index config, pool (and checkpoint) hashes."""
-    inputs = {"pool": pool.pin_file()}
-    if cfg.embedder.name == "backbone":
-        from scaling.backbone_io import backbone_paths
-        inputs["checkpoint"] = backbone_paths(cfg.embedder.backbone.checkpoint)[0]
+    inputs = {"pool": pool.pin_file(), **embedder_inputs(cfg.embedder)}
     return config_record(STAGE_INDEX, {"embedder": cfg.embedder, "index": cfg.index}, inputs,
                          extra={"pool": str(pool.path.resolve())})
 
@@ -205,7 +197,7 @@ def build_index(pool_path: str | Path, out_dir: str | Path, cfg: DedupConfig, *,
     record = index_record(pool, cfg)
     if rank > 0:  # rank 0 creates (or, with --force, replaces) the folder; the others join it
         _wait_for(out / "config.yaml", "rank 0 creating the index folder",
-                  ready=lambda: _same_lineage(out, record))
+                  ready=lambda: same_lineage(read_config_record(out), record))
     state = prepare_output_dir(out, record, force=force and rank == 0)
     if state == "complete":
         log.info("%s already holds this index (complete.json); nothing to do", out)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from datascale.cli import add_config_args, add_shortcut, config_from_args, subcommand
+
 INDEX_HELP = """\
 Embed the pretraining pool (a subset folder or a shards folder) and build its
 FAISS index in INDEX_DIR. Small pools get an exact index; large ones IVF-PQ
@@ -31,19 +33,10 @@ and recall per threshold and calibrates the threshold for --target-precision.
 """
 
 
-# Shortcut flags -> config keys (scaling.cli.flag_overrides).
-_INDEX_FLAGS = {"embedder": "embedder.name", "checkpoint": "embedder.backbone.checkpoint",
-                "max_memory": "index.max_memory", "workers": "embedder.workers"}
-_AUDIT_FLAGS = {"threshold": "audit.threshold", "target_precision": "audit.target_precision",
-                "embedder": "audit.embedder", "workers": "audit.workers"}
-
-
 def _cmd_index(args: argparse.Namespace) -> int:
-    from datascale.config import load_config
     from data_tools.dedup.build import build_index
     from data_tools.dedup.schema import DedupConfig
-    from scaling.cli import flag_overrides
-    cfg = load_config(DedupConfig, args.config, [*args.overrides, *flag_overrides(args, _INDEX_FLAGS)])
+    cfg = config_from_args(DedupConfig, args)
     result = build_index(args.pool, args.out, cfg, step=args.step, part=args.part, parts=args.parts,
                          rank=args.rank, world_size=args.world_size, force=args.force,
                          progress=not args.quiet)
@@ -56,11 +49,9 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from datascale.config import load_config
     from data_tools.dedup.audit import run_audit
     from data_tools.dedup.schema import DedupConfig
-    from scaling.cli import flag_overrides
-    cfg = load_config(DedupConfig, args.config, [*args.overrides, *flag_overrides(args, _AUDIT_FLAGS)])
+    cfg = config_from_args(DedupConfig, args)
     summaries = run_audit(args.index, args.testset, args.out, cfg.audit,
                           ground_truth=args.ground_truth, force=args.force, progress=not args.quiet)
     for s in summaries:
@@ -79,7 +70,6 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers: Any) -> None:
     """Add ``datascale dedup index`` and ``datascale dedup audit``."""
-    from scaling.cli import add_config_args, subcommand
     from data_tools.dedup.schema import DedupConfig
     group = subcommand(subparsers, "dedup", lambda args: group.print_help() or 2,
                        help="near-duplicates of downstream test sets in the pretraining pool (FAISS)")
@@ -88,16 +78,19 @@ def register_cli(subparsers: Any) -> None:
                        description=INDEX_HELP)
     index.add_argument("pool", help="subset folder (subset.json) or shards folder (sizes.json)")
     index.add_argument("--out", required=True, help="index folder (INDEX_DIR)")
-    index.add_argument("--embedder", help="pixels (model-free) or backbone (needs --checkpoint)")
-    index.add_argument("--checkpoint", help="backbone.pt (or its folder) for --embedder backbone")
-    index.add_argument("--max-memory", help="RAM budget of the index, e.g. 2GB (sets the PQ code size)")
+    add_shortcut(index, "--embedder", key="embedder.name",
+                 help="pixels (model-free) or backbone (needs --checkpoint)")
+    add_shortcut(index, "--checkpoint", key="embedder.backbone.checkpoint",
+                 help="backbone.pt (or its folder) for --embedder backbone")
+    add_shortcut(index, "--max-memory", key="index.max_memory",
+                 help="RAM budget of the index, e.g. 2GB (sets the PQ code size)")
     index.add_argument("--step", default="all", choices=["all", "embed", "train", "add", "merge"],
                        help="run one step of a distributed build")
     index.add_argument("--part", type=int, help="build part I (with --parts N; --step add)")
     index.add_argument("--parts", type=int, help="number of build parts (--step add/merge)")
     index.add_argument("--rank", type=int, help="this process's rank (unset: $RANK, else 0)")
     index.add_argument("--world-size", type=int, help="number of ranks (unset: $WORLD_SIZE, else 1)")
-    index.add_argument("--workers", type=int, help="image decoding processes")
+    add_shortcut(index, "--workers", key="embedder.workers", type=int, help="image decoding processes")
     add_config_args(index, "dedup/demo", DedupConfig)
     audit = subcommand(actions, "audit", _cmd_audit, help="audit test sets against a dedup index",
                        description=AUDIT_HELP)
@@ -105,11 +98,11 @@ def register_cli(subparsers: Any) -> None:
     audit.add_argument("--testset", action="append", required=True, metavar="[NAME=]PATH",
                        help="test set (repeatable): COCO .json, VOC .txt list, image folder, shards")
     audit.add_argument("--out", required=True, help="audit folder; one subfolder per test set")
-    audit.add_argument("--threshold", type=float, help="cosine in [-1, 1] (unset: calibrated on "
-                       "--ground-truth, else the embedder's default)")
+    add_shortcut(audit, "--threshold", key="audit.threshold", type=float,
+                 help="cosine in [-1, 1] (unset: calibrated on --ground-truth, else the embedder's default)")
     audit.add_argument("--ground-truth", help="CSV of known duplicate pairs (planted.csv)")
-    audit.add_argument("--target-precision", type=float,
-                       help="precision the calibrated threshold must reach (unset: audit.target_precision)")
-    audit.add_argument("--embedder", help="the embedder you expect the index to use (checked)")
-    audit.add_argument("--workers", type=int, help="image decoding processes")
+    add_shortcut(audit, "--target-precision", key="audit.target_precision", type=float,
+                 help="precision the calibrated threshold must reach")
+    add_shortcut(audit, "--embedder", key="audit.embedder", help="the embedder you expect the index to use (checked)")
+    add_shortcut(audit, "--workers", key="audit.workers", type=int, help="image decoding processes")
     add_config_args(audit, "dedup/demo", DedupConfig)

@@ -14,9 +14,8 @@ truth to calibrate on). Decoding and worker processes: :mod:`data_tools.dedup.pr
 
 from __future__ import annotations
 
-import hashlib
+import importlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -25,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from datascale.config import to_dict
-from datascale.errors import DataError
+
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +52,11 @@ class Embedder:
         """(B, ...) prepared arrays -> (B, dim) float32 unit rows."""
         raise TypeError(f"{type(self).__name__} must implement embed()")
 
+    @classmethod
+    def input_files(cls, cfg: Any) -> dict[str, Path]:
+        """Files this embedder reads for ``cfg`` (an EmbedderConfig), pinned in lineage: none by default."""
+        return {}
+
     def identity(self) -> dict:
         """What must match between the index and the queries (name, dim, parameters, hashes)."""
         return {"name": self.name, "dim": self.dim}
@@ -76,15 +80,6 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in 1 MiB blocks (the checkpoint's identity)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- pixels
@@ -164,7 +159,7 @@ class PixelsEmbedder(Embedder):
 
 
 @dataclass(frozen=True)
-class _TensorPreparer:
+class TensorPreparer:
     size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -178,107 +173,27 @@ class _TensorPreparer:
         return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
-class BackboneEmbedder(Embedder):
-    """Global-average-pooled conv5 features of a pretrained ``backbone.pt``, unit-normalised.
-
-    With ``pca_dim`` > 0 the features are PCA-reduced (fitted on pool images,
-    saved as ``pca.npz`` in the index folder) and re-normalised, which keeps
-    the stored vectors and the index small at 300M images.
-    Cost: one forward pass per image (CPU here, GPU under the launcher).
-    """
-
-    name = "backbone"
-
-    def __init__(self, cfg: Any) -> None:
-        from scaling.models import IMAGE_MEAN, IMAGE_STD
-        from scaling.backbone_io import backbone_paths, load_backbone
-        import torch
-        self.cfg = cfg.backbone
-        weights, _ = backbone_paths(self.cfg.checkpoint)
-        self.model, meta = load_backbone(self.cfg.checkpoint, self.cfg.arch)
-        self.model.eval()
-        # Under the DeepSpeed launcher each local rank drives its own GPU.
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        self.device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-        self.model.to(self.device)
-        self.arch = meta["arch"]
-        self.feature_dim = int(self.model.feature_dim)
-        self.checkpoint_sha256 = file_sha256(weights)
-        self._mean = tuple(meta.get("image_mean", IMAGE_MEAN))
-        self._std = tuple(meta.get("image_std", IMAGE_STD))
-        self.pca_mean: np.ndarray | None = None
-        self.pca_components: np.ndarray | None = None
-        self.state_file = "pca.npz" if self.cfg.pca_dim else None
-        if self.cfg.pca_dim > self.feature_dim:
-            raise DataError(f"backbone.pca_dim {self.cfg.pca_dim} exceeds the {self.arch} "
-                            f"feature dimension {self.feature_dim}; lower it")
-        self.dim = self.cfg.pca_dim or self.feature_dim
-
-    def preparer(self) -> Callable[[Image.Image], np.ndarray]:
-        return _TensorPreparer(self.cfg.image_size, self._mean, self._std)
-
-    def decode_side(self) -> int:
-        return self.cfg.image_size
-
-    def features(self, batch: np.ndarray) -> np.ndarray:
-        """Unit-normalised pooled features before PCA, (B, feature_dim) float32."""
-        import torch
-        with torch.inference_mode():
-            out = self.model(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
-        return unit_rows(out.float().cpu().numpy())
-
-    def embed(self, batch: np.ndarray) -> np.ndarray:
-        feats = self.features(batch)
-        if not self.cfg.pca_dim:
-            return feats
-        if self.pca_components is None:
-            raise DataError("the backbone embedder's PCA is not fitted; build the index first")
-        return unit_rows((feats - self.pca_mean) @ self.pca_components.T)
-
-    def needs_fit(self) -> bool:
-        return bool(self.cfg.pca_dim) and self.pca_components is None
-
-    def fit(self, batches: Iterable[np.ndarray]) -> None:
-        feats = np.concatenate([self.features(b) for b in batches], axis=0)
-        if len(feats) < 2 * self.cfg.pca_dim:
-            raise DataError(f"only {len(feats)} pool images to fit a {self.cfg.pca_dim}-d PCA; "
-                            "lower backbone.pca_dim or use a larger pool")
-        mean = feats.mean(axis=0)
-        # SVD of the centred sample: rows of vt are the principal directions.
-        _, _, vt = np.linalg.svd(feats - mean, full_matrices=False)
-        self.pca_mean, self.pca_components = mean.astype(np.float32), vt[: self.cfg.pca_dim].astype(np.float32)
-
-    def save_state(self, path: Path) -> None:
-        from datascale.atomic import atomic_path
-        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, mean=self.pca_mean, components=self.pca_components)
-
-    def load_state(self, path: Path) -> None:
-        with np.load(path, allow_pickle=False) as data:
-            self.pca_mean, self.pca_components = data["mean"], data["components"]
-        if self.pca_components.shape != (self.cfg.pca_dim, self.feature_dim):
-            raise DataError(f"{path} holds a PCA of shape {self.pca_components.shape}, expected "
-                            f"({self.cfg.pca_dim}, {self.feature_dim}); rebuild the index")
-
-    def identity(self) -> dict:
-        ident = {"name": self.name, "dim": self.dim, "arch": self.arch,
-                 "feature_dim": self.feature_dim, "checkpoint_sha256": self.checkpoint_sha256,
-                 "image_size": self.cfg.image_size, "pca_dim": self.cfg.pca_dim}
-        if self.pca_components is not None:
-            ident["pca_sha256"] = hashlib.sha256(self.pca_components.tobytes()).hexdigest()
-        return ident
-
-
 # --------------------------------------------------------------------------- registry
 
 
 @dataclass(frozen=True)
 class EmbedderSpec:
-    """A registered embedder: its factory and the cosine threshold used when nothing is calibrated."""
+    """A registered embedder: its class and the cosine threshold used when nothing is calibrated.
 
-    factory: Callable[[Any], Embedder]
+    ``factory`` is the class, or ``"module:Class"`` for one that lives in a
+    later layer (the backbone embedder is model code in ``scaling``): it is
+    imported when first used, so this package imports nothing from there.
+    """
+
+    factory: type[Embedder] | str
     default_threshold: float
     summary: str
+
+    def resolve(self) -> type[Embedder]:
+        if isinstance(self.factory, str):
+            module, _, name = self.factory.partition(":")
+            return getattr(importlib.import_module(module), name)
+        return self.factory
 
 
 # Default thresholds: pixels from the demo world's calibration (0.86 for precision >= 0.95
@@ -288,11 +203,16 @@ class EmbedderSpec:
 EMBEDDERS: dict[str, EmbedderSpec] = {
     "pixels": EmbedderSpec(PixelsEmbedder, 0.85,
                            "model-free DCT + colour-layout descriptor (resize/re-encode/colour robust)"),
-    "backbone": EmbedderSpec(BackboneEmbedder, 0.90,
+    "backbone": EmbedderSpec("scaling.models.embedder:BackboneEmbedder", 0.90,
                              "pooled features of a pretrained backbone.pt (optionally PCA-reduced)"),
 }
 
 
 def make_embedder(cfg: Any) -> Embedder:
     """The embedder named ``cfg.name`` (an EmbedderConfig), built from its config section."""
-    return EMBEDDERS[cfg.name].factory(cfg)
+    return EMBEDDERS[cfg.name].resolve()(cfg)
+
+
+def embedder_inputs(cfg: Any) -> dict[str, Path]:
+    """Files the embedder named ``cfg.name`` reads (pinned in the index's lineage)."""
+    return EMBEDDERS[cfg.name].resolve().input_files(cfg)

@@ -22,10 +22,13 @@ import contextlib
 import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import Iterator
 from pathlib import Path
+from typing import Iterator
 
+import faiss
 import numpy as np
+from faiss.contrib.ondisk import merge_ondisk
+from tqdm import tqdm
 
 from datascale.atomic import atomic_path
 from datascale.errors import ConfigError, DataError
@@ -115,7 +118,6 @@ def faiss_threads(work_items: int, small: int = 20_000) -> Iterator[None]:
     dominate (measured: PQ training on 300 points took 4 s with 2 threads
     on 2 busy cores, 0.08 s with one).
     """
-    import faiss
     previous = faiss.omp_get_max_threads()
     if work_items < small:
         faiss.omp_set_num_threads(1)
@@ -126,7 +128,6 @@ def faiss_threads(work_items: int, small: int = 20_000) -> Iterator[None]:
 
 
 def _write_index(index, path: Path) -> None:
-    import faiss
     with atomic_path(path) as tmp:
         faiss.write_index(index, str(tmp))
 
@@ -137,7 +138,6 @@ def train_index(plan: IndexPlan, store: VectorStore, out_dir: Path, seed: int) -
     Time: k-means on ``plan.train_points`` vectors (minutes at 300M scale);
     memory: the training sample in float32.
     """
-    import faiss
     sample = store.sample(plan.train_points, seed)
     index = faiss.index_factory(plan.dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
     log.info("training %s on %d vectors", plan.factory, len(sample))
@@ -162,8 +162,6 @@ def add_part(store: VectorStore, out_dir: Path, part: int, parts: int, path: Pat
     Writes the part index to ``path`` atomically and returns it. Memory: the
     part's codes (``part_vectors * bytes_per_vector``) plus one chunk.
     """
-    import faiss
-    from tqdm import tqdm
     index = faiss.read_index(str(Path(out_dir) / TRAINED_FILE))
     positions = part_blocks(store, part, parts)
     total = sum(b - a for a, b in map(store.block_range, positions))
@@ -183,8 +181,6 @@ def merge_parts(out_dir: Path, part_paths: list[Path]) -> Path:
     ivfdata file, so the merged lists never need to fit in RAM; a rerun after
     a crash starts the merge over.
     """
-    import faiss
-    from faiss.contrib.ondisk import merge_ondisk
     out_dir = Path(out_dir)
     ivfdata = out_dir / IVFDATA_FILE
     ivfdata.unlink(missing_ok=True)  # a half-merged file from an interrupted run
@@ -196,7 +192,6 @@ def merge_parts(out_dir: Path, part_paths: list[Path]) -> Path:
 
 def build_flat(store: VectorStore, out_dir: Path) -> Path:
     """Exact inner-product index of every stored vector (ids = positions); writes index.faiss."""
-    import faiss
     index = faiss.IndexFlatIP(store.dim)
     for _, chunk in store.iter_chunks(list(range(len(store.blocks)))):
         index.add(chunk)
@@ -207,7 +202,6 @@ def build_flat(store: VectorStore, out_dir: Path) -> Path:
 
 def open_index(out_dir: Path, plan: IndexPlan):
     """Load index.faiss; IVF lists stay on disk (memory-mapped from index.ivfdata beside it)."""
-    import faiss
     path = Path(out_dir) / INDEX_FILE
     if not path.is_file():
         raise DataError(f"{out_dir}: no {INDEX_FILE}; the index build has not finished")
@@ -257,7 +251,6 @@ def search_rescored(index, store: VectorStore, queries: np.ndarray, *, k: int, c
     Time: index search + n*V*candidates*dim flops; memory: the candidate ids
     (n*V*candidates int64) plus one chunk of ``chunk`` images' candidate vectors.
     """
-    import faiss
     n, nviews, dim = queries.shape
     if dim != store.dim or dim != index.d:
         raise DataError(f"query vectors have dimension {dim} but the index holds {index.d}-d vectors; "

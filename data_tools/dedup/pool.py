@@ -22,10 +22,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Pool:
-    """A pool of pretraining images (``data_tools.subsets.Subset``) addressed by shard number."""
+    """A pool of pretraining images (``data_tools.subsets.subset.Subset``) addressed by shard number."""
 
     path: Path
-    subset: object  # data_tools.subsets.Subset (imported lazily)
+    subset: object  # data_tools.subsets.subset.Subset (imported lazily)
 
     @property
     def num_shards(self) -> int:
@@ -89,7 +89,7 @@ def open_pool(path: str | Path) -> Pool:
 
     Raises DataError saying what a pool must look like when ``path`` is neither.
     """
-    from data_tools.subsets import load_subset
+    from data_tools.subsets.subset import load_subset
     path = Path(path)
     if not path.exists():
         raise DataError(f"pool not found: {path}; give a subset folder or a shards folder")

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from datascale.atomic import atomic_path, write_json
 from datascale.errors import DataError
@@ -45,8 +47,6 @@ def write_block(root: Path, index: int, keys: list[str], vectors: np.ndarray,
     ``vectors``: (len(keys), dim) unit rows; stored as float16 (cosine error
     below 1e-3, half the disk of float32).
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     root = Path(root)
     if len(keys) != len(vectors):
         raise ValueError(f"block {index}: {len(keys)} keys but {len(vectors)} vectors")
@@ -95,7 +95,6 @@ class VectorStore:
 
     @functools.lru_cache(maxsize=64)
     def _keys(self, block: int) -> np.ndarray:
-        import pyarrow.parquet as pq
         return pq.read_table(self.root / f"{block_stem(block)}.keys.parquet").column("key") \
             .to_numpy(zero_copy_only=False)
 
@@ -152,7 +151,6 @@ class VectorStore:
 
         Time: reads all key files once (seconds per 10M keys); memory: one block of keys.
         """
-        import pyarrow.parquet as pq
         wanted = np.array(sorted(keys), dtype=object)
         found: dict[str, int] = {}
         for position, block in enumerate(self.blocks):

@@ -6,7 +6,8 @@ Kinds (registry :data:`TESTSET_KINDS`, picked by :func:`detect_kind`):
   images under ``DATASET/images/SPLIT/`` (or beside the JSON). Cleaned:
   the same JSON without the removed images and their annotations.
 * ``voc``: a VOC image list (``ImageSets/Segmentation/test.txt``); test id =
-  the line; images in ``JPEGImages/ID.jpg``. Cleaned: the list without them.
+  the line; images in ``JPEGImages/ID.jpg`` (or .jpeg, .png: the rule of
+  :mod:`datascale.formats.voc`). Cleaned: the list without them.
 * ``folder``: every image file under a folder; test id = relative path.
   Cleaned: a folder of the kept images (hard links where possible).
 * ``shards``: a WebDataset shards folder; test id = sample key. Cleaned:
@@ -19,7 +20,7 @@ file or folder name.
 
 from __future__ import annotations
 
-import json
+import collections
 import logging
 import os
 import re
@@ -28,8 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from datascale.atomic import atomic_path, write_json, write_text
+from datascale.atomic import atomic_path, write_json
 from datascale.errors import DataError
+from datascale.formats import coco, voc
+from datascale.formats.wds import iter_shard_samples, write_tar
 
 log = logging.getLogger(__name__)
 
@@ -87,76 +90,45 @@ class TestSet:
 # --------------------------------------------------------------------------- COCO
 
 
-def _coco_images_dir(json_path: Path, images: list[dict], split: str | None) -> Path:
-    dataset_dir = json_path.parent.parent if json_path.parent.name == "annotations" else json_path.parent
-    candidates = [dataset_dir / "images" / split] if split else []
-    candidates += [dataset_dir / "images", dataset_dir, json_path.parent]
-    probe = [str(im.get("file_name", "")) for im in images[:20]]
-    for base in candidates:
-        if any((base / name).is_file() for name in probe if name):
-            return base
-    raise DataError(f"{json_path}: cannot find its images (e.g. {probe[0] if probe else '?'}) in "
-                    f"{', '.join(str(c) for c in candidates)}; put them in DATASET/images/SPLIT/")
-
-
-def _split_of(stem: str) -> str:
-    return stem.rsplit("_", 1)[-1]
-
-
 def read_coco(path: Path) -> TestSet:
     """A COCO JSON test set (images + annotations); DataError if it is not COCO."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not a readable COCO JSON ({exc})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise DataError(f"{path}: a COCO file needs an 'images' list")
-    split = _split_of(path.stem)
-    dataset = path.parent.parent.name if path.parent.name == "annotations" else path.parent.name
+    data = coco.load_coco(path, required=("images",))
+    split, dataset = coco.split_of(path), coco.dataset_dir(path).name
     records = data["images"]
-    base = _coco_images_dir(path, records, split) if records else path.parent
-    images = []
-    for record in records:
-        if "id" not in record or "file_name" not in record:
-            raise DataError(f"{path}: image record without id/file_name: {record!r}")
-        images.append(TestImage(str(record["id"]), str(record["file_name"]),
-                                base / str(record["file_name"])))
+    base = coco.find_images_dir(path, records) if records else path.parent
+    images = [TestImage(str(r["id"]), str(r["file_name"]), coco.image_path(base, r)) for r in records]
     return TestSet(f"{dataset}_{split}", "coco", path, images, dataset, split, {"coco": data})
 
 
 def clean_coco(testset: TestSet, removed: set[str], target: Path) -> dict:
     """The COCO JSON without the removed images and their annotations (other keys kept)."""
-    data = dict(testset.payload["coco"])
-    data["images"] = [im for im in data["images"] if str(im["id"]) not in removed]
-    annotations = data.get("annotations", [])
-    data["annotations"] = [a for a in annotations if str(a.get("image_id")) not in removed]
     out = target / testset.source.name
-    write_json(out, data, indent=None)
-    return {"path": str(out), "annotations_removed": len(annotations) - len(data["annotations"])}
+    dropped = coco.write_coco_without(testset.payload["coco"], removed, out)
+    return {"path": str(out), "annotations_removed": dropped}
 
 
 # --------------------------------------------------------------------------- VOC lists
 
 
 def read_voc(path: Path) -> TestSet:
-    """A VOC image list; images are ``ROOT/JPEGImages/ID.jpg`` with ROOT found above the list."""
-    try:
-        ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read the image list ({exc})") from None
-    root = next((p for p in path.parents if (p / "JPEGImages").is_dir()), None)
-    if root is None:
-        raise DataError(f"{path}: no JPEGImages folder above the list; expected the VOC layout "
-                        "ROOT/ImageSets/Segmentation/SPLIT.txt + ROOT/JPEGImages/ID.jpg")
-    images = [TestImage(i, f"JPEGImages/{i}.jpg", root / "JPEGImages" / f"{i}.jpg") for i in ids]
+    """A VOC image list; each id's image is ROOT/JPEGImages/ID.jpg|.jpeg|.png, ROOT found above the list.
+
+    An id without an image file keeps the .jpg path, so the audit reports it unreadable.
+    """
+    ids = voc.read_image_list(path)
+    images_dir = voc.find_root(path) / voc.IMAGES_DIR
+    images = []
+    for image_id in ids:
+        file = voc.image_path(images_dir, image_id) or images_dir / f"{image_id}.jpg"
+        images.append(TestImage(image_id, f"{voc.IMAGES_DIR}/{file.name}", file))
+    root = images_dir.parent
     return TestSet(f"{root.name}_{path.stem}", "voc", path, images, root.name, path.stem)
 
 
 def clean_voc(testset: TestSet, removed: set[str], target: Path) -> dict:
     """The image list without the removed ids."""
     out = target / testset.source.name
-    kept = [im.test_id for im in testset.images if im.test_id not in removed]
-    write_text(out, "".join(f"{i}\n" for i in kept))
+    voc.write_image_list(out, [im.test_id for im in testset.images if im.test_id not in removed])
     return {"path": str(out)}
 
 
@@ -193,8 +165,6 @@ def clean_folder(testset: TestSet, removed: set[str], target: Path) -> dict:
 
 def read_shards(path: Path) -> TestSet:
     """A folder of WebDataset tars as a test set; the (small) test images are held in memory."""
-    import collections
-    from data_tools.shards import iter_shard_samples
     tars = sorted(path.glob("*.tar"))
     skipped: collections.Counter = collections.Counter()
     images, data, members = [], {}, {}
@@ -210,7 +180,6 @@ def read_shards(path: Path) -> TestSet:
 
 def clean_shards(testset: TestSet, removed: set[str], target: Path) -> dict:
     """The tars without the removed samples, with sizes.json and a filtered manifest.parquet."""
-    from data_tools.shard_io import write_tar
     out = target / testset.source.name
     out.mkdir(parents=True, exist_ok=True)
     by_shard: dict[str, list] = {}

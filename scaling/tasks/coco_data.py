@@ -1,4 +1,6 @@
-"""Read and check COCO JSON (detection boxes, person keypoints) for training and evaluation.
+"""Check COCO JSON (detection boxes, person keypoints) for training and evaluation.
+
+The file is read by :func:`datascale.formats.coco.load_coco`, the reader the dedup audit uses too.
 
 What is wrong with a single sample is skipped and counted (image missing on
 disk, zero-area box, box wholly outside its image); boxes partly outside are
@@ -10,13 +12,13 @@ lists whose length does not match the category's keypoint names.
 from __future__ import annotations
 
 import collections
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from datascale.errors import DataError
+from datascale.formats import coco
 from scaling.tasks.common import Task, cleaned_path, image_size_of, report_skips, split_paths
 from scaling.tasks.config import FinetuneConfig
 
@@ -47,20 +49,6 @@ class CocoSet:
         return [c["id"] for c in self.categories]
 
 
-def _load_json(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path} is not valid JSON: {exc}") from None
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror}") from None
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list)
-                                             for k in ("images", "annotations", "categories")):
-        raise DataError(f"{path} is not COCO JSON: it needs the lists 'images', 'annotations' "
-                        "and 'categories'")
-    return data
-
-
 def _keypoint_count(path: Path, categories: list[dict]) -> int:
     """K, the number of keypoints shared by every category that defines keypoints."""
     counts = {len(c["keypoints"]) for c in categories if isinstance(c.get("keypoints"), list)}
@@ -74,14 +62,9 @@ def _keypoint_count(path: Path, categories: list[dict]) -> int:
 
 
 def _check_images(path: Path, images_dir: Path, records: list, skipped: collections.Counter) -> list[dict]:
-    kept, seen = [], set()
-    for record in records:
-        if not isinstance(record, dict) or "id" not in record or "file_name" not in record:
-            raise DataError(f"{path}: every image needs 'id' and 'file_name', got {record!r:.80}")
-        if record["id"] in seen:
-            raise DataError(f"{path}: image id {record['id']} appears twice")
-        seen.add(record["id"])
-        image_path = images_dir / record["file_name"]
+    kept = []
+    for record in records:  # load_coco checked id and file_name
+        image_path = coco.image_path(images_dir, record)
         if not image_path.is_file():
             skipped["image missing on disk"] += 1
             continue
@@ -117,7 +100,7 @@ def read_coco(path: Path, images_dir: Path, kind: Literal["detection", "keypoint
     Raises DataError for structural problems (see module docstring) and when
     no image is left; logs a warning with the counts of skipped items.
     """
-    data = _load_json(path)
+    data = coco.load_coco(path)
     categories = data["categories"]
     cat_ids = {c.get("id") for c in categories}
     keypoints = _keypoint_count(path, categories) if kind == "keypoints" else 0
@@ -207,6 +190,17 @@ class CocoTask(Task):
                  "test_annotations": self.paths(cfg, "test")[0]}
         cleaned = cleaned_path(cfg.data)
         return {**files, "cleaned_test": cleaned} if cleaned else files
+
+    def check_test(self, train_set, test_set) -> None:
+        """The model's labels follow the training file's categories, in order; a test file whose
+        categories differ (ids, order or names) would be scored against the wrong classes."""
+        train, test = train_set.coco, test_set.coco
+        train_pairs = [(c.get("id"), c.get("name")) for c in train.categories]
+        test_pairs = [(c.get("id"), c.get("name")) for c in test.categories]
+        if train_pairs != test_pairs:
+            raise DataError(f"the test file {test.source} lists other categories than the training file "
+                            f"{train.source} (train {train_pairs[:4]}..., test {test_pairs[:4]}...); "
+                            "give both files the same categories list, in the same order")
 
     def read_train(self, cfg: FinetuneConfig) -> CocoSet:
         """The checked training file, cut to ``data.max_train_images`` when that is set."""

@@ -1,6 +1,6 @@
 """What every downstream task shares: the Task interface, dataset paths, image loading.
 
-A task is an object with the methods of :class:`Task`; ``scaling.finetune``
+A task is an object with the methods of :class:`Task`; ``scaling.finetune.loop``
 calls them in order: ``load_train`` / ``load_test`` (readers that validate
 the input and count skipped samples), ``build_model`` (on a backbone that was
 already frozen or not), ``loss`` per step, ``evaluate`` at the end.
@@ -20,7 +20,7 @@ from PIL import Image
 from torch import nn
 
 from datascale.errors import ConfigError, DataError
-from scaling.models import IMAGE_MEAN, IMAGE_STD, Backbone
+from scaling.models.backbones import IMAGE_MEAN, IMAGE_STD, Backbone
 from scaling.tasks.config import DataConfig, FinetuneConfig
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,10 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def load_test(self, cfg: FinetuneConfig, test_set: str) -> Any:
         """The ``"original"`` or ``"cleaned"`` test set (None when no cleaned set is configured)."""
+
+    def check_test(self, train_set: Any, test_set: Any) -> None:
+        """Raise DataError when the model trained on ``train_set`` cannot score ``test_set``
+        (COCO tasks: the category lists differ). Segmentation reads one labels.txt for both."""
 
     @abc.abstractmethod
     def build_model(self, backbone: Backbone, cfg: FinetuneConfig, train_set: Any, meta: dict) -> nn.Module:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from datascale.config import require
-
-TASK_NAMES = ("detection", "segmentation", "pose")
+from scaling.models.registry import BACKBONES
+from scaling.tasks import TASKS
 
 
 @dataclass
@@ -145,7 +145,7 @@ class PoseConfig:
 class FinetuneConfig:
     """``datascale finetune``: one downstream run on one backbone."""
 
-    task: Literal["detection", "segmentation", "pose"] = "detection"
+    task: str = "detection"  # a name registered in scaling.tasks.TASKS
     mode: Literal["frozen", "finetune"] = "finetune"
     init: Literal["random", "pretrained", "checkpoint"] = "pretrained"
     backbone: str | None = None  # backbone.pt, a backbone folder, or another checkpoint
@@ -158,6 +158,11 @@ class FinetuneConfig:
     pose: PoseConfig = field(default_factory=PoseConfig)
 
     def validate(self) -> None:
+        require(self.task in TASKS, "task", f"unknown task {self.task!r}; registered tasks: {', '.join(TASKS)}")
+        require(self.arch is None or self.arch in BACKBONES, "arch",
+                f"unknown backbone architecture {self.arch!r}; registered: {', '.join(BACKBONES)}")
+        if self.arch in BACKBONES:
+            check_input_size(self, self.arch)
         if self.init == "random":
             require(self.backbone is None, "backbone", "init=random takes no backbone file; "
                     "drop the backbone or choose init=pretrained")
@@ -165,3 +170,14 @@ class FinetuneConfig:
         else:
             require(self.backbone is not None, "backbone",
                     f"init={self.init} needs a backbone file (--backbone PATH), or use --init random")
+
+
+def check_input_size(cfg: FinetuneConfig, arch: str) -> None:
+    """Refuse a demo-sized input on a big backbone: a stride-32 ResNet-50 on 128 px images sees a
+    4x4 conv5 map, which silently ruins a real study. Called on load (when ``arch`` is set) and
+    once the backbone file has named its architecture."""
+    key, size = ("pose.input_size", cfg.pose.input_size) if cfg.task == "pose" else ("data.image_size",
+                                                                                      cfg.data.image_size)
+    least = BACKBONES[arch].min_image_size
+    require(size >= least, key, f"is {size} px, but {arch} is meant for inputs of at least {least} px; "
+            f"use the paper-sized config finetune/{cfg.task}_paper, or a demo architecture (resnet_demo)")

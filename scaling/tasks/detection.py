@@ -27,7 +27,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from datascale.errors import ConfigError
-from scaling.models import Backbone
+from scaling.models.backbones import Backbone
 from scaling.tasks.coco_data import CocoSet, CocoTask
 from scaling.tasks.coco_eval import coco_metrics
 from scaling.tasks.common import ImageCache, image_stats, read_image, to_tensor

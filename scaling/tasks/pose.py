@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from scaling.models import Backbone
+from scaling.models.backbones import Backbone
 from scaling.tasks.coco_data import CocoSet, CocoTask, keypoint_sigmas
 from scaling.tasks.coco_eval import coco_metrics
 from scaling.tasks.common import ImageCache, Normalize, read_image, to_tensor

@@ -27,17 +27,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from datascale.errors import ConfigError, DataError
-from scaling.models import Backbone
+from datascale.formats import voc
+from scaling.models.backbones import Backbone
 from scaling.tasks.common import (ImageCache, Normalize, Task, cleaned_path, image_size_of, read_image,
                                   report_skips, split_paths, to_tensor)
 from scaling.tasks.config import FinetuneConfig
 
 log = logging.getLogger(__name__)
 
-LISTS = "ImageSets/Segmentation/{split}.txt"
-IMAGES = "JPEGImages"
-IGNORE = 255
-_EXTENSIONS = (".jpg", ".jpeg", ".png")
+LISTS = voc.LIST_PATTERN
+IMAGES = voc.IMAGES_DIR
+IGNORE = voc.IGNORE
+
 
 
 @dataclass
@@ -55,8 +56,7 @@ class VocSet:
 def class_names(images_dir: Path, num_classes: int) -> list[str]:
     """Names from labels.txt beside the image folder, or ``class_i`` when only a count is configured."""
     labels = images_dir.parent / "labels.txt"
-    names = [line.strip() for line in labels.read_text(encoding="utf-8").splitlines()
-             if line.strip()] if labels.is_file() else []
+    names = voc.read_class_names(images_dir.parent)
     if num_classes and names and len(names) != num_classes:
         raise ConfigError(f"segmentation.num_classes is {num_classes} but {labels} names {len(names)} "
                           "classes; set it to 0 to use labels.txt")
@@ -68,8 +68,7 @@ def class_names(images_dir: Path, num_classes: int) -> list[str]:
 def read_voc(list_path: Path, images_dir: Path, names: list[str]) -> VocSet:
     """Read an image list; skip (and count) ids whose image or mask is missing or whose mask
     size differs from the image. Only file headers are read. DataError when nothing is left."""
-    masks_dir = images_dir.parent / "SegmentationClass"
-    ids = [line.strip() for line in list_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    ids = voc.read_image_list(list_path)
     kept = VocSet(list_path, [], [], [], names)
     seen: set[str] = set()
     for image_id in ids:
@@ -77,9 +76,8 @@ def read_voc(list_path: Path, images_dir: Path, names: list[str]) -> VocSet:
             kept.skipped["id listed twice"] += 1
             continue
         seen.add(image_id)
-        image = next((images_dir / f"{image_id}{ext}" for ext in _EXTENSIONS
-                      if (images_dir / f"{image_id}{ext}").is_file()), None)
-        mask = masks_dir / f"{image_id}.png"
+        image = voc.image_path(images_dir, image_id)
+        mask = voc.mask_path(images_dir, image_id)
         if image is None:
             kept.skipped["image missing on disk"] += 1
         elif not mask.is_file():
@@ -92,23 +90,9 @@ def read_voc(list_path: Path, images_dir: Path, names: list[str]) -> VocSet:
             kept.masks.append(mask)
     if not kept.ids:
         raise DataError(f"none of the {len(ids)} ids in {list_path} has both an image in {images_dir} "
-                        f"and a mask of the same size in {masks_dir}")
+                        f"and a mask of the same size in {voc.mask_path(images_dir, 'ID').parent}")
     report_skips(str(list_path), kept.skipped, len(kept.ids))
     return kept
-
-
-def read_mask(path: Path, num_classes: int) -> np.ndarray:
-    """Class indices (H, W) uint8 from a palette or grey PNG; DataError for colour masks or bad values."""
-    with Image.open(path) as img:
-        if img.mode not in ("P", "L"):
-            raise DataError(f"{path}: mask mode {img.mode}; masks must be palette (P) or grey (L) PNGs "
-                            "whose pixel values are class indices (255 = ignore)")
-        mask = np.asarray(img, dtype=np.uint8)
-    bad = np.setdiff1d(np.unique(mask), np.r_[np.arange(num_classes), IGNORE])
-    if bad.size:
-        raise DataError(f"{path}: values {bad[:5].tolist()} are neither a class (0..{num_classes - 1}) "
-                        f"nor {IGNORE} (ignore)")
-    return mask
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
@@ -130,7 +114,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         def decode():
             image = read_image(self.voc.images[index]).resize((self.size, self.size), Image.BILINEAR)
-            mask = Image.fromarray(read_mask(self.voc.masks[index], len(self.voc.class_names)))
+            mask = Image.fromarray(voc.read_mask(self.voc.masks[index], len(self.voc.class_names)))
             mask = np.asarray(mask.resize((self.size, self.size), Image.NEAREST), dtype=np.int64)
             return to_tensor(image), torch.from_numpy(mask.copy())
         image, mask = self._cache.get(index, decode)
@@ -238,7 +222,7 @@ class SegmentationTask(Task):
             chunk = todo[start:start + cfg.train.eval_batch_size]
             scores = model(torch.stack([dataset[i][0] for i in chunk]))
             for index, score in zip(chunk, scores):
-                target = read_mask(dataset.voc.masks[index], num_classes)
+                target = voc.read_mask(dataset.voc.masks[index], num_classes)
                 full = F.interpolate(score[None], size=target.shape, mode="bilinear", align_corners=False)
                 prediction = full[0].argmax(0).numpy()
                 cache[dataset.key(index)] = confusion_matrix(target, prediction, num_classes)

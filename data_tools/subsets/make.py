@@ -1,4 +1,4 @@
-"""The streaming passes behind ``datascale subsets make`` (see :mod:`data_tools.subsets`).
+"""The streaming passes behind ``datascale subsets make`` (see :mod:`data_tools.subsets.subset`).
 
 Pass 0 (only for ``top_classes``): class frequencies from the labels column.
 Pass 1 (only for sizes given as counts): the rank column (and labels, for a
@@ -27,15 +27,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from datascale.atomic import atomic_path, write_json
 from datascale.config import to_dict
 from datascale.errors import DataError
 from datascale.lineage import config_record, is_complete, mark_complete, prepare_output_dir
 from data_tools.labels import Vocabulary
-from data_tools.sources import iter_parquet_batches
-from data_tools.subset_stats import SegmentTally, ancestor_table, list_arrays, map_labels
-from data_tools.subsets import (STAGE, SUBSET_FILE, ShardEntry, Subset, SubsetsConfig,
+from data_tools.shards.manifest import MANIFEST_WRITE_OPTIONS
+from data_tools.shards.sources import iter_parquet_batches
+from data_tools.subsets.stats import SegmentTally, ancestor_table, list_arrays, map_labels
+from data_tools.subsets.subset import (STAGE, SUBSET_FILE, ShardEntry, Subset, SubsetsConfig,
                                 load_subset, parse_sizes, resolve_classes, restricted_vocabulary,
                                 shards_salt, size_name)
 
@@ -106,7 +111,6 @@ class _SubsetPass:
 
     def restrict(self, batch):
         """Keep rows with a kept label; labels (and true_labels) renumbered."""
-        import pyarrow as pa
         values, offsets = list_arrays(batch.column("labels"))
         mapped, new_offsets = map_labels(values, offsets, self.label_map)
         kept = np.diff(new_offsets) > 0
@@ -123,7 +127,6 @@ class _SubsetPass:
 
     def add(self, batch, write) -> bool:
         """Tally and write one manifest batch; False once past the largest boundary."""
-        import pyarrow as pa
         ranks = np.asarray(batch.column("rank"), dtype=np.float64)
         cuts = np.searchsorted(ranks, self.boundaries, side="left")
         source_values, source_offsets = list_arrays(batch.column("labels"))
@@ -160,7 +163,6 @@ class _SubsetPass:
             seg_offsets = np.concatenate([[0], np.cumsum(np.diff(seg_offsets)[seg_kept])])
             shard_names = shard_names.filter(seg_kept)
         self.tallies[seg].add(seg_values, seg_offsets, self.closure, self.label_map)
-        import pyarrow.compute as pc
         for entry in pc.value_counts(shard_names).to_pylist():
             self.shards[seg][entry["values"]] += entry["counts"]
 
@@ -221,7 +223,6 @@ def make_subsets(shards_dir: str | Path, out_dir: str | Path, cfg: SubsetsConfig
     Returns the subsets (ascending). A subset folder that is complete with
     the same config is left as it is. See the module docstring for memory.
     """
-    import pyarrow.parquet as pq
     cfg = cfg or SubsetsConfig()
     cfg.validate()
     root, out = Path(shards_dir).resolve(), Path(out_dir)
@@ -265,7 +266,6 @@ def _pass_batches(manifest: Path, written_rank: float, batch_rows: int):
     """Pass 2's batches: every column while a row may fall in a written subset (rank <
     ``written_rank``), then only TALLY_COLUMNS, decided per row group from its rank
     statistics (a group without them is read whole)."""
-    import pyarrow.parquet as pq
     meta = pq.ParquetFile(manifest).metadata
     # Row-group statistics are per leaf column: find rank's by path, not by field position.
     rank = next(i for i in range(len(meta.schema)) if meta.schema.column(i).path == "rank")
@@ -310,9 +310,6 @@ def _stream_pass(batches, manifest: Path, folders: list[Path], state: _SubsetPas
     pyarrow releases the GIL while encoding, so writing overlaps reading and
     counting; at most 8 slices wait for the writer (bounded memory).
     """
-    import pyarrow.parquet as pq
-    from tqdm import tqdm
-    from data_tools.shards import MANIFEST_WRITE_OPTIONS
     schema = pq.ParquetFile(manifest).schema_arrow
     pending: collections.deque = collections.deque()
     with contextlib.ExitStack() as stack:
@@ -376,16 +373,3 @@ def _finish(p: dict, j: int, folder: Path, state: _SubsetPass, root: Path, sizes
     write_json(folder / "stats.json", stats, indent=None)  # C encoder: 18k-class lists
     mark_complete(folder, {"images": tally.images, "max_rank": p["max_rank"]})
     return subset
-
-
-def cmd_make(args) -> int:
-    """``datascale subsets make``: shortcut flags become ``--set`` overrides (kept in lineage)."""
-    from scaling.cli import config_from_args, flag_overrides
-    flags = {key: key for key in ("sizes", "names", "classes", "top_classes")}
-    args.overrides += flag_overrides(args, flags, lists=("sizes", "names", "classes"))
-    cfg = config_from_args(SubsetsConfig, args)
-    subsets = make_subsets(args.shards, args.out, cfg, force=args.force, progress=not args.quiet)
-    for subset in subsets:
-        print(f"{subset.name}: {subset.images:,} images, {len(subset.shards)} shards, "
-              f"max_rank {subset.max_rank:.6g} -> {Path(args.out) / subset.name}")
-    return 0

@@ -12,7 +12,8 @@ from typing import Literal
 from datascale.config import require
 from datascale.errors import ConfigError
 
-from data_tools.loader import LoaderConfig
+from data_tools.loader.config import LoaderConfig
+from scaling.models.registry import BACKBONES
 
 
 @dataclass
@@ -29,6 +30,10 @@ class ModelSection:
     head_prior: float = 0.01  # initial per-class probability (bias init of the head)
     init_from: str = ""       # backbone.pt of an earlier run ("ImageNet+300M" arm)
     channels_last: bool = True  # on a GPU
+
+    def validate(self) -> None:
+        require(self.arch in BACKBONES, "arch",
+                f"unknown backbone architecture {self.arch!r}; registered: {', '.join(BACKBONES)}")
 
 
 @dataclass
@@ -114,6 +119,16 @@ class PretrainConfig:
     def validate(self) -> None:
         require(bool(self.data.train), "data.train", "is required: a subset folder or a shards folder")
         require(bool(self.data.eval), "data.eval", "is required: the shards folder of the eval set")
+        entry, crop = BACKBONES.get(self.model.arch), self.data.loader.crop_size
+        if entry is not None:  # an unknown arch is reported by model.arch's own check
+            require(crop >= entry.min_image_size, "data.loader.image_size",
+                    f"{self.model.arch} is meant for inputs of at least {entry.min_image_size} px, but the "
+                    f"loader gives {crop} px crops (transform={self.data.loader.transform}); use "
+                    "data.loader.transform=paper (resize 340, crop 299) or a demo architecture (resnet_demo)")
+        batch = self.data.loader.batch_size
+        require(batch is None or batch == self.deepspeed.micro_batch, "data.loader.batch_size",
+                f"is the per-rank micro batch, deepspeed.micro_batch={self.deepspeed.micro_batch}; "
+                f"set deepspeed.micro_batch instead of data.loader.batch_size={batch} (or leave it unset)")
 
 
 def grad_accumulation(cfg: PretrainConfig, world_size: int) -> int:

@@ -1,36 +1,44 @@
-"""The ``datascale`` console script: one subcommand per stage.
+"""The ``datascale`` console script and the parser framework every stage uses.
 
-Each stage module registers its own subcommand through ``register_cli``
-(keeping heavy imports such as torch inside the command function, so that
-``datascale --help`` stays fast). User errors (:class:`DatascaleError`) are
-printed as one line without a traceback; config errors exit with code 2.
+Each stage has a thin ``cli.py`` beside its code that registers its
+subcommand through ``register_cli(subparsers)`` and imports the stage's code
+only when the command runs, so that ``datascale --help`` stays fast. The
+framework: ``subcommand`` (a parser bound to a function), ``add_config_args``
+(``--config``, ``--set``, ``--force``, ``--print-config``), ``add_shortcut``
+(flags that are shorthands for ``--set``: the later of a flag and a
+``--set`` of the same key wins) and ``config_from_args``. User errors
+(:class:`DatascaleError`) are printed as one line without a traceback;
+config errors exit with code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import sys
 from typing import Any, Callable, Sequence, TypeVar
 
 from datascale import __version__
-from datascale.config import config_keys, load_config
+from datascale.config import config_keys, dump_yaml, load_config, to_dict
 from datascale.errors import ConfigError, DatascaleError
 
 T = TypeVar("T")
 
 # Modules that add a subcommand, in pipeline order (``register_cli(subparsers)``).
+# Each is a thin module that imports its stage's code only when the command runs,
+# so that `datascale --help` does not import torch.
 COMMAND_MODULES = [
-    "data_tools.synth",
-    "data_tools.shards",
-    "data_tools.subsets",
-    "scaling.pretrain",
-    "scaling.launch",
-    "scaling.study",
+    "data_tools.synth.cli",
+    "data_tools.shards.cli",
+    "data_tools.subsets.cli",
+    "scaling.pretrain.cli",
+    "datascale.launch",
+    "scaling.study.cli",
     "data_tools.dedup.cli",
-    "scaling.finetune",
+    "scaling.finetune.cli",
     "analysis.cli",
 ]
 
@@ -76,34 +84,77 @@ def add_config_args(parser: argparse.ArgumentParser, default_config: str | None,
                         help="override one config value (repeatable), e.g. --set seed=3." + keys)
     parser.add_argument("--force", action="store_true",
                         help="replace an output folder that was made with a different config")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (file + flags + --set) as YAML and exit")
 
 
-def flag_overrides(args: argparse.Namespace, keys: dict[str, str],
-                   lists: Sequence[str] = ()) -> list[str]:
-    """``--set`` overrides for a stage's shortcut flags: ``{flag attribute: config key}``.
+class _Shortcut(argparse.Action):
+    """A flag that is a shorthand for ``--set KEY=VALUE``: it appends to the same list, in order."""
 
-    Flags left unset (None or "") give nothing; flags named in ``lists`` are
-    comma-separated and become JSON lists of strings (valid YAML, so "1.0"
-    stays the text "1.0"); floats keep their repr. The result goes after
-    the user's ``--set`` values, so flags win, and is recorded in lineage.
+    def __init__(self, option_strings, dest, key: str, is_list: bool = False, repeat: bool = False, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.key, self.is_list, self.repeat = key, is_list, repeat
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if self.repeat:  # each use adds one item; the list of all of them so far is the value
+            items = [*(getattr(namespace, self.dest, None) or []), str(values)]
+            setattr(namespace, self.dest, items)
+            text = json.dumps(items)
+        elif self.is_list:  # JSON list of strings (valid YAML): "1.0" stays the text "1.0"
+            setattr(namespace, self.dest, values)
+            text = json.dumps([v.strip() for v in str(values).split(",") if v.strip()])
+        else:
+            setattr(namespace, self.dest, values)
+            text = repr(values) if isinstance(values, float) else str(values)
+        overrides = list(getattr(namespace, "overrides", None) or [])
+        overrides.append(f"{self.key}={text}")
+        setattr(namespace, "overrides", overrides)
+
+
+def add_shortcut(parser: argparse.ArgumentParser, *flags: str, key: str, is_list: bool = False,
+                 repeat: bool = False, **kwargs) -> None:
+    """Add a flag that stands for ``--set KEY=VALUE`` (the one flag policy of every stage).
+
+    The flag and ``--set`` append to one list in command-line order, so
+    whichever comes later wins, and the resolved value is what lineage
+    records. ``is_list`` flags take comma-separated values; a ``repeat`` flag
+    may be given several times and sets the list of every value given. The
+    flag is also stored on ``args`` under its own name, ``None`` when not given.
     """
-    import json
-    out = []
-    for attr, key in keys.items():
-        value = getattr(args, attr, None)
-        if value is None or value == "":
-            continue
-        if attr in lists:
-            value = json.dumps([v.strip() for v in str(value).split(",") if v.strip()])
-        elif isinstance(value, float):
-            value = repr(value)
-        out.append(f"{key}={value}")
-    return out
+    shorthand = f"shorthand for --set {key}=..."
+    kwargs["help"] = f"{kwargs['help']} ({shorthand})" if kwargs.get("help") else shorthand
+    parser.add_argument(*flags, action=_Shortcut, key=key, is_list=is_list, repeat=repeat, default=None, **kwargs)
 
 
-def config_from_args(schema: type[T], args: argparse.Namespace) -> T:
-    """Load ``schema`` from the ``--config`` file plus ``--set`` overrides."""
-    return load_config(schema, args.config, args.overrides)
+class ConfigPrinted(Exception):
+    """Raised after ``--print-config`` printed the resolved config: the command stops with exit 0."""
+
+
+def override_value(args: argparse.Namespace, key: str) -> str | None:
+    """The text the last ``--set KEY=...`` (or its shortcut flag) gave ``key``, else None."""
+    found = None
+    for item in getattr(args, "overrides", None) or []:
+        name, sep, value = item.partition("=")
+        if sep and name.strip() == key:
+            found = value.strip()
+    return found
+
+
+def config_from_args(schema: type[T], args: argparse.Namespace, source: Any = None,
+                     defaults: Sequence[str] = ()) -> T:
+    """Load ``schema`` from ``source`` (default: the ``--config`` file) plus ``--set`` overrides.
+
+    ``defaults`` are ``KEY=VALUE`` pairs a command derives (e.g. from a file
+    it was given); they apply before the user's flags and ``--set``, which
+    win. With ``--print-config`` the resolved config is printed as YAML and
+    the command ends there (exit 0), as LightningCLI's ``--print_config`` does.
+    """
+    overrides = [*defaults, *(getattr(args, "overrides", None) or [])]
+    cfg = load_config(schema, args.config if source is None else source, overrides)
+    if getattr(args, "print_config", False):
+        print(dump_yaml(to_dict(cfg)), end="")
+        raise ConfigPrinted()
+    return cfg
 
 
 def subcommand(subparsers: Any, name: str, func: Callable[[argparse.Namespace], int | None],
@@ -147,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose, args.quiet)
     try:
         code = args.func(args)
+    except ConfigPrinted:
+        return 0
     except ConfigError as exc:
         print(f"datascale {args.command}: config error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -28,8 +28,8 @@ from typing import Iterator
 
 import numpy as np
 
-from data_tools.shard_io import ShardSample, read_shard
-from data_tools.sources import count_skip
+from datascale.formats.wds import ShardSample, read_shard
+from datascale.errors import count_skip
 
 PICK_CHUNK = 4096  # picks are drawn in fixed chunks so replay and real run draw identically
 

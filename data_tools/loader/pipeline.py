@@ -1,6 +1,6 @@
 """The streaming pretraining loader: WebDataset shards -> batches, with exact resume.
 
-Pipeline, in this order (each stage in :mod:`data_tools.streams` or below):
+Pipeline, in this order (each stage in :mod:`data_tools.loader.streams` or below):
 shards -> deterministic shuffle by (seed, shard cycle) -> split by node ->
 split by worker -> samples (corrupt or missing ones counted, never fatal) ->
 shuffle buffer -> decode -> augment -> batch. It is a ``webdataset``
@@ -37,45 +37,21 @@ import collections
 import itertools
 import logging
 import math
-from dataclasses import dataclass
-from typing import Any, Iterator, Literal, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import torch
 import webdataset as wds
 
-from datascale.config import require
-from datascale.errors import DataError
+from datascale.errors import ConfigError, DataError, count_skip
 from data_tools.labels import Vocabulary
-from data_tools.streams import (SampleFilter, ShardItem, ShuffleBuffer, WorkerShards, exact_items,
+from data_tools.loader.config import LoaderConfig
+from data_tools.loader.streams import (SampleFilter, ShardItem, ShuffleBuffer, WorkerShards, exact_items,
                                 shuffled_items)
-from data_tools.subsets import Subset, as_subset
-from data_tools.transforms import TRANSFORMS, batch_tensor, to_unit_range
-from data_tools.sources import count_skip
+from data_tools.subsets.subset import Subset, as_subset
+from data_tools.loader.transforms import TRANSFORMS, batch_tensor, to_unit_range
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LoaderConfig:
-    """Loader settings (a config schema: YAML + ``--set loader.batch_size=64``)."""
-
-    batch_size: int = 32                # per rank
-    num_workers: int = 2                # DataLoader worker processes per rank (0: in-process)
-    shuffle_buffer: int = 1000          # samples held for shuffling, per worker
-    seed: int = 0
-    transform: Literal["paper", "demo"] = "demo"
-    image_size: int = 64                # demo transform crop size (paper: 299)
-    hierarchy_closure: bool = False     # add every ancestor of each label
-    targets: Literal["dense", "sparse"] = "dense"
-    prefetch_factor: int = 2            # batches prefetched per worker
-
-    def validate(self) -> None:
-        require(self.batch_size >= 1, "batch_size", "must be at least 1")
-        require(self.num_workers >= 0, "num_workers", "must be 0 or more")
-        require(self.shuffle_buffer >= 1, "shuffle_buffer", "must be at least 1 (1: no shuffle)")
-        require(self.image_size >= 8, "image_size", "must be at least 8")
-        require(self.prefetch_factor >= 1, "prefetch_factor", "must be at least 1")
 
 
 class Batch(NamedTuple):
@@ -295,6 +271,12 @@ def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
+def _check_config(cfg: LoaderConfig) -> None:
+    cfg.validate()
+    if cfg.batch_size is None:
+        raise ConfigError("loader.batch_size is unset: give the per-rank batch size")
+
+
 def _encoder(source: Subset, cfg: LoaderConfig, num_classes: int, vocabulary) -> LabelEncoder:
     if num_classes < source.num_classes:
         raise DataError(f"num_classes={num_classes} but {source.name} has {source.num_classes} "
@@ -318,7 +300,7 @@ def make_train_loader(source: Any, cfg: LoaderConfig, *, num_classes: int,
     Resume cost: numpy replay of the shuffle picks plus reading the shards
     that still hold buffered samples (about shuffle_buffer * ln(shuffle_buffer) items).
     """
-    cfg.validate()
+    _check_config(cfg)
     subset = as_subset(source)
     rank, world_size = _distributed(rank, world_size)
     if samples_seen % cfg.batch_size:
@@ -344,7 +326,7 @@ def make_eval_loader(source: Any, cfg: LoaderConfig, *, num_classes: int,
     Shards are split by node then by worker; ``len()`` is approximate with
     several workers (each worker's last batch may be partial).
     """
-    cfg.validate()
+    _check_config(cfg)
     subset = as_subset(source)
     rank, world_size = _distributed(rank, world_size)
     encoder = _encoder(subset, cfg, num_classes, vocabulary)

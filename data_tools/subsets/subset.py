@@ -28,7 +28,7 @@ from datascale.config import require
 from datascale.errors import DataError
 from datascale.lineage import read_config_record
 from data_tools.labels import Vocabulary
-from data_tools.shard_io import ShardSample, iter_shard_samples
+from datascale.formats.wds import ShardSample, iter_shard_samples
 
 log = logging.getLogger(__name__)
 STAGE = "subsets"
@@ -255,27 +255,3 @@ def resolve_classes(cfg: SubsetsConfig, vocab: Vocabulary, class_counts) -> list
         order = np.lexsort((np.arange(len(class_counts)), -np.asarray(class_counts)))
         return sorted(int(c) for c in order[: cfg.top_classes])
     return None
-
-
-def register_cli(subparsers: Any) -> None:
-    """Add ``datascale subsets make``."""
-    from scaling.cli import add_config_args, subcommand
-    from data_tools.subset_make import cmd_make
-    group = subcommand(subparsers, "subsets", lambda args: group.print_help() or 2,
-                       help="nested random subsets (10M < 30M < 100M < 300M) of a shards folder")
-    actions = group.add_subparsers(dest="subsets_command", metavar="ACTION",
-                                   parser_class=type(group))
-    make = subcommand(actions, "make", cmd_make, help="cut nested subsets by hash rank",
-                      description="Cut nested subsets of a shards folder: each is a hash-rank "
-                      "prefix of the shards (10M < 30M < 100M < 300M), optionally restricted to "
-                      "some classes. Writes SUBSETS/NAME/{subset.json, manifest.parquet, "
-                      "stats.json, classes.json}.")
-    make.add_argument("shards", help="shards folder written by `datascale shards write`")
-    make.add_argument("--out", required=True, help="folder for the subset folders")
-    make.add_argument("--sizes", help="comma-separated sizes: 10M,30M,100M,300M or "
-                      "400,1200,4000 or 0.033,0.1,0.33,1 (shortcut for --set sizes=...)")
-    make.add_argument("--names", help="comma-separated subset names, one per size")
-    make.add_argument("--classes", help="comma-separated class names or ids to keep")
-    make.add_argument("--top-classes", type=int, help="keep the K most frequent classes")
-    add_config_args(make, None, SubsetsConfig)
-

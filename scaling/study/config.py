@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from datascale.config import require
+from scaling.tasks import TASKS
 
 
 @dataclass
@@ -88,6 +89,8 @@ class FinetuneSection:
     set: list[str] = field(default_factory=list)  # applied to every task
 
     def validate(self) -> None:
+        for task in self.tasks:
+            require(task in TASKS, "tasks", f"unknown task {task!r}; registered tasks: {', '.join(TASKS)}")
         for mode in self.modes:
             require(mode in ("frozen", "finetune"), "modes", f"unknown mode {mode!r} (frozen, finetune)")
         require(bool(self.seeds), "seeds", "needs at least one seed")
@@ -119,6 +122,8 @@ class StudyConfig:
     hostfile: str = ""
 
     def validate(self) -> None:
+        for task in self.tasks:
+            require(task in TASKS, "tasks", f"unknown task {task!r}; registered tasks: {', '.join(TASKS)}")
         if self.world is None:
             require(bool(self.data.shards and self.data.eval), "data",
                     "without a synthetic world, data.shards and data.eval must name existing shards")

@@ -1,4 +1,4 @@
-"""``datascale shards write|verify``: images -> WebDataset shards in hash-rank order.
+"""Images -> WebDataset shards in hash-rank order (``datascale shards write``).
 
 Any input (image folders, a CSV/Parquet/JSONL manifest, existing WebDataset or
 img2dataset shards, a synthetic world) becomes::
@@ -9,7 +9,7 @@ img2dataset shards, a synthetic world) becomes::
 
 Shards are in increasing rank u = hash(key, salt), so every nested subset is
 a prefix of the shard list (design rule 1). The input is re-ordered by a
-bucketed external shuffle (:mod:`data_tools.shard_buckets`) in bounded
+bucketed external shuffle (:mod:`data_tools.shards.buckets`) in bounded
 memory, then shards are written by parallel workers. Each shard is written to
 a temporary name and renamed only after its manifest part is saved; the
 manifest is assembled last, so an interrupted run resumes where it stopped
@@ -26,83 +26,32 @@ import logging
 import multiprocessing
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from datascale.atomic import atomic_path, write_json
-from datascale.config import require, to_dict
+from datascale.config import to_dict
 from datascale.errors import DataError
 from datascale.lineage import config_record, mark_complete, prepare_output_dir
-from data_tools import shard_buckets as buckets_mod
+from data_tools.shards import buckets as buckets_mod
 from data_tools.labels import Vocabulary
-from data_tools.ranks import DEFAULT_SALT, sample_rank, sample_ranks
-from data_tools.shard_buckets import KEY, LABELS, RANK, REF, SOURCE, TRUE
-from data_tools.shard_io import (ImageCheckError, ShardSample, check_image, iter_shard_samples,
+from data_tools.shards.config import ShardsConfig
+from data_tools.shards.manifest import WORK_DIR, load_manifest, manifest_schema, shard_name
+from data_tools.ranks import sample_rank, sample_ranks
+from data_tools.shards.buckets import KEY, LABELS, RANK, REF, SOURCE, TRUE
+from datascale.formats.wds import (ImageCheckError, ShardSample, check_image, iter_shard_samples,
                                  write_tar)
-from data_tools.sources import READERS, count_skip, detect_format, folder_class_names, read_ref
+from data_tools.shards.sources import READERS, count_skip, detect_format, folder_class_names, read_ref
 
-__all__ = ["ShardsConfig", "ShardSample", "iter_shard_samples", "load_manifest", "register_cli",
+__all__ = ["ShardsConfig", "ShardSample", "iter_shard_samples", "load_manifest",
            "sample_rank", "sample_ranks", "shard_name", "write_shards"]
 
 log = logging.getLogger(__name__)
 STAGE = "shards"
-WORK_DIR = ".work"
-# Keys and sha1 hashes are unique and barely compressible: dictionary encoding
-# and compression of them cost more time than the bytes they save (measured:
-# reading a manifest this way is 3x faster, the file 25% larger).
-MANIFEST_WRITE_OPTIONS = {"use_dictionary": ["shard", "ext"], "compression": "none"}
-# Rows per manifest row group: one group per shard (1,000 rows) reads 1.9x slower
-# than groups of 2^18 rows (measured on a 3M-row manifest), and a group this size
-# holds ~20 MB. Row-group rank statistics let `subsets make` skip columns it does not need.
-MANIFEST_ROW_GROUP = 1 << 18
-
-
-@dataclass
-class ShardsConfig:
-    """How ``datascale shards write`` reads its input and cuts shards.
-
-    Run: ``datascale shards write INPUT --out SHARDS [--set samples_per_shard=500]``.
-    """
-
-    format: Literal["auto", "folder", "manifest", "wds", "world"] = "auto"
-    split: Literal["pretrain", "eval"] = "pretrain"   # which part of a synthetic world
-    classes: str | None = None          # classes.json for ids/names; built from the input if None
-    salt: str = DEFAULT_SALT            # the hash-rank salt: same salt, same subsets
-    samples_per_shard: int = 1000
-    workers: int = 0                    # shard-writing processes; 0 = one per CPU core
-    bucket_records: int = 200_000       # memory cap of the external shuffle (records held at once)
-    image_column: str = "image"         # manifest columns
-    labels_column: str = "labels"
-    key_column: str = "key"             # optional; the image path (no extension) if absent
-    unknown_labels: Literal["error", "drop"] = "error"
-    image_check: Literal["decode", "header"] = "decode"
-
-    def validate(self) -> None:
-        require(self.samples_per_shard >= 1, "samples_per_shard", "must be at least 1")
-        require(self.workers >= 0, "workers", "must be 0 (auto) or more")
-        require(self.bucket_records >= 100, "bucket_records", "must be at least 100")
-        require(bool(self.salt), "salt", "must not be empty")
-
-
-def shard_name(index: int) -> str:
-    """The file name of shard number ``index`` (``shard-000042.tar``)."""
-    return f"shard-{index:06d}.tar"
-
-
-def load_manifest(shards_dir: str | Path, columns: list[str] | None = None):
-    """The shards' ``manifest.parquet`` as a pandas DataFrame (in rank order).
-
-    Loads the whole table: fine for demo scale and tests; at 300M rows read
-    it in batches with ``data_tools.sources.iter_parquet_batches`` (constant memory).
-    """
-    import pandas as pd
-    path = Path(shards_dir) / "manifest.parquet"
-    if not path.is_file():
-        raise DataError(f"{shards_dir}: no manifest.parquet; run `datascale shards write` first")
-    return pd.read_parquet(path, columns=columns)
-
-
 # --------------------------------------------------------------------------- vocabulary
 
 
@@ -150,7 +99,6 @@ def _label_ids(raw: list, vocab: Vocabulary, cfg: ShardsConfig, skipped: collect
 def _bucket_pass(fmt: str, source: Path, cfg: ShardsConfig, vocab: Vocabulary, work: Path,
                  progress: bool) -> dict:
     """Read every input record, label it with class ids and a rank, append it to its bucket."""
-    from tqdm import tqdm
     skipped: collections.Counter = collections.Counter()
     writer = buckets_mod.BucketWriter(work / "buckets")
     has_true = False
@@ -178,20 +126,8 @@ def _bucket_pass(fmt: str, source: Path, cfg: ShardsConfig, vocab: Vocabulary, w
 # --------------------------------------------------------------------------- pass 2
 
 
-def _manifest_schema(has_true: bool):
-    import pyarrow as pa
-    fields = [("key", pa.string()), ("shard", pa.string()), ("labels", pa.list_(pa.int32())),
-              ("rank", pa.float64()), ("bytes", pa.int64()), ("sha1", pa.string()),
-              ("ext", pa.string())]
-    if has_true:
-        fields.append(("true_labels", pa.list_(pa.int32())))
-    return pa.schema(fields)
-
-
 def _write_shard(task: dict) -> dict:
     """Worker: write one shard (tar + manifest part + stats), atomically. Returns its stats."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     out, name, decode = Path(task["out"]), task["name"], task["decode"]
     skipped = collections.Counter(task["skipped"])
     rows: list[dict] = []
@@ -220,7 +156,7 @@ def _write_shard(task: dict) -> dict:
     parts = out / WORK_DIR / "parts"
     with atomic_path(out / name) as tmp:
         write_tar(tmp, samples())
-        table = pa.Table.from_pylist(rows, schema=_manifest_schema(task["has_true"]))
+        table = pa.Table.from_pylist(rows, schema=manifest_schema(task["has_true"]))
         with atomic_path(parts / f"{name}.parquet") as part:
             pq.write_table(table, part)
         stats = {"samples": len(rows), "skipped": dict(skipped), "reencoded": reencoded,
@@ -251,7 +187,6 @@ def _shard_tasks(out: Path, groups: list[dict], state: dict, decode: bool) -> It
 
 def _run_tasks(tasks: Iterator[dict], workers: int, total: int, progress: bool) -> None:
     """Run shard tasks on ``workers`` processes with at most 2 per worker in flight."""
-    from tqdm import tqdm
     bar = tqdm(total=total, desc="shards: writing", unit=" shard", disable=not progress)
     if workers <= 1:
         for task in tasks:
@@ -316,7 +251,7 @@ def write_shards(source: str | Path, out_dir: str | Path, cfg: ShardsConfig | No
     Re-running with the same config resumes an interrupted run or returns at
     once if it finished; another config raises unless ``force``.
     Memory: at most ``cfg.bucket_records`` metadata records per process (see
-    :mod:`data_tools.shard_buckets`) plus one image per worker.
+    :mod:`data_tools.shards.buckets`) plus one image per worker.
     Time: one metadata pass, then read + check + write each image once.
     """
     cfg = cfg or ShardsConfig()
@@ -349,7 +284,7 @@ def write_shards(source: str | Path, out_dir: str | Path, cfg: ShardsConfig | No
     workers = cfg.workers or os.cpu_count() or 1
     _run_tasks(_shard_tasks(out, groups, state, cfg.image_check == "decode"),
                min(workers, todo), todo, progress)
-    from data_tools.shard_report import finalize_shards
+    from data_tools.shards.report import finalize_shards
     summary = finalize_shards(out, total, vocab, state, salt=cfg.salt)
     if summary["images"] == 0:
         raise DataError(f"{source}: no usable images: every input was skipped "
@@ -357,48 +292,3 @@ def write_shards(source: str | Path, out_dir: str | Path, cfg: ShardsConfig | No
     shutil.rmtree(work)
     mark_complete(out, summary)
     return summary
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _cmd_write(args) -> int:
-    from scaling.cli import config_from_args
-    cfg = config_from_args(ShardsConfig, args)
-    summary = write_shards(args.input, args.out, cfg, force=args.force,
-                           progress=not args.quiet)
-    skipped = sum(summary["skipped"].values())
-    print(f"{summary['images']} images in {summary['shards']} shards -> {args.out}"
-          f" ({skipped} skipped: {summary['skipped'] or 'none'}; see card.md)")
-    return 0
-
-
-def _cmd_verify(args) -> int:
-    from data_tools.shard_report import print_verify_report, verify_shards
-    report = verify_shards(args.shards, full=args.full, progress=not args.quiet)
-    print_verify_report(report)
-    return 0 if report["ok"] else 1
-
-
-def register_cli(subparsers: Any) -> None:
-    """Add ``datascale shards write`` and ``datascale shards verify``."""
-    from scaling.cli import add_config_args, subcommand
-    group = subcommand(subparsers, "shards", lambda args: group.print_help() or 2,
-                       help="write or verify WebDataset shards in hash-rank order")
-    actions = group.add_subparsers(dest="shards_command", metavar="ACTION",
-                                   parser_class=type(group))
-    write = subcommand(actions, "write", _cmd_write,
-                       help="images (folders, manifest, tars, synthetic world) -> shards",
-                       description="Write images as WebDataset shards in hash-rank order, so "
-                       "that nested subsets are shard prefixes. INPUT is an image folder tree "
-                       "(ROOT/CLASS/IMG), a .csv/.parquet/.jsonl manifest (image path + labels), "
-                       "a folder of .tar shards (WebDataset/img2dataset), or a synthetic world "
-                       "folder (--set split=eval for its eval set).")
-    write.add_argument("input", help="image folder tree, manifest file, tar folder or world")
-    write.add_argument("--out", required=True, help="output shards folder")
-    add_config_args(write, None, ShardsConfig)
-    verify = subcommand(actions, "verify", _cmd_verify,
-                        help="check every shard against manifest.parquet and sizes.json")
-    verify.add_argument("shards", help="shards folder written by `datascale shards write`")
-    verify.add_argument("--full", action="store_true",
-                        help="decode every image (default: the first of each shard)")

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, NamedTuple
 
 from PIL import Image
 
-from data_tools.sources import count_skip
+from datascale.errors import count_skip
 
 log = logging.getLogger(__name__)
 

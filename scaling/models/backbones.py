@@ -1,4 +1,4 @@
-"""ResNet backbones and the multi-label pretraining head (files: scaling/backbone_io.py).
+"""ResNet backbones and the multi-label pretraining head (files: :mod:`scaling.models.files`).
 
 Every backbone is a :class:`Backbone`: a ResNet trunk without its classifier,
 with torchvision's attribute names (``conv1, bn1, relu, maxpool,
@@ -6,7 +6,7 @@ layer1..layer4``), so a ``state_dict`` is interchangeable with torchvision's
 (minus ``fc``). Stages follow the paper's naming: ``conv1`` is the stem,
 ``conv2..conv5`` are ``layer1..layer4``.
 
-Architectures live in the registry :data:`BACKBONES` (name -> factory):
+Architectures live in the registry :data:`scaling.models.registry.BACKBONES`:
 ``resnet50/101/152`` are torchvision's (always ``weights=None``: nothing is
 ever downloaded) and ``resnet_demo`` is a small ResNet for 64-128 px images on
 a CPU, whose blocks accept dilation (torchvision's BasicBlock refuses it,
@@ -21,13 +21,14 @@ fine-tuning and the dedup embedder all feed a backbone the same inputs.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from datascale.errors import ConfigError
+from scaling.models.registry import check_arch
 
 IMAGE_MEAN = (0.5, 0.5, 0.5)
 IMAGE_STD = (0.5, 0.5, 0.5)
@@ -117,22 +118,31 @@ class DemoResNet(nn.Module):
         return nn.Sequential(*layers)
 
 
-def _torchvision(name: str) -> Callable[[Dilation], nn.Module]:
-    def factory(replace_stride_with_dilation: Dilation) -> nn.Module:
-        import torchvision
-
-        return getattr(torchvision.models, name)(
-            weights=None, replace_stride_with_dilation=list(replace_stride_with_dilation))
-    return factory
+# Factories named by the registry (scaling.models.registry.BACKBONES): dilation -> trunk.
 
 
-#: Architecture name -> factory(replace_stride_with_dilation) returning a ResNet-like trunk.
-BACKBONES: dict[str, Callable[[Dilation], nn.Module]] = {
-    "resnet_demo": lambda dilation: DemoResNet(replace_stride_with_dilation=dilation),
-    "resnet50": _torchvision("resnet50"),
-    "resnet101": _torchvision("resnet101"),
-    "resnet152": _torchvision("resnet152"),
-}
+def demo_resnet(replace_stride_with_dilation: Dilation) -> nn.Module:
+    return DemoResNet(replace_stride_with_dilation=replace_stride_with_dilation)
+
+
+def _torchvision(name: str, replace_stride_with_dilation: Dilation) -> nn.Module:
+    import torchvision
+
+    # weights=None always: nothing is ever downloaded; our checkpoints are the only weights.
+    return getattr(torchvision.models, name)(
+        weights=None, replace_stride_with_dilation=list(replace_stride_with_dilation))
+
+
+def torchvision_resnet50(replace_stride_with_dilation: Dilation) -> nn.Module:
+    return _torchvision("resnet50", replace_stride_with_dilation)
+
+
+def torchvision_resnet101(replace_stride_with_dilation: Dilation) -> nn.Module:
+    return _torchvision("resnet101", replace_stride_with_dilation)
+
+
+def torchvision_resnet152(replace_stride_with_dilation: Dilation) -> nn.Module:
+    return _torchvision("resnet152", replace_stride_with_dilation)
 
 
 # --------------------------------------------------------------------------- Backbone
@@ -191,12 +201,11 @@ def build_backbone(arch: str, *, replace_stride_with_dilation: Sequence[bool] = 
     trades strides for dilation: (False, True, True) gives output stride 8.
     Unknown ``arch`` raises ConfigError listing the registered names.
     """
-    if arch not in BACKBONES:
-        raise ConfigError(f"unknown backbone architecture {arch!r}; registered: {', '.join(BACKBONES)}")
+    entry = check_arch(arch)
     dilation = tuple(bool(d) for d in replace_stride_with_dilation)
     if len(dilation) != 3:
         raise ConfigError("replace_stride_with_dilation needs three booleans (layer2, layer3, layer4)")
-    return Backbone(arch, BACKBONES[arch](dilation), dilation)
+    return Backbone(arch, entry.load()(dilation), dilation)
 
 
 # --------------------------------------------------------------------------- freezing

@@ -1,7 +1,7 @@
 """Launching training under the DeepSpeed launcher: locally on N ranks or on a cluster.
 
 ``datascale pretrain --nproc 2 ...`` re-runs itself as ``deepspeed --num_gpus 2
---no_local_rank --module scaling.cli pretrain ...`` (the launcher starts one
+--no_local_rank --module datascale.cli pretrain ...`` (the launcher starts one
 process per rank with RANK/WORLD_SIZE/MASTER_ADDR set; on a CPU-only machine
 DeepSpeed's CPU accelerator makes those CPU ranks). ``datascale launch
 pretrain --hostfile FILE ...`` does the same across the nodes of a hostfile
@@ -110,7 +110,7 @@ def deepspeed_command(stage_argv: Sequence[str], *, nproc: int = 1, hostfile: st
             raise ConfigError(f"--nproc must be >= 1, got {nproc}")
         cmd += ["--num_gpus", str(nproc)]
     cmd += ["--master_port", str(master_port or free_port())]
-    cmd += ["--no_local_rank", "--module", "scaling.cli", *stage_argv]
+    cmd += ["--no_local_rank", "--module", "datascale.cli", *stage_argv]
     return cmd
 
 
@@ -127,7 +127,7 @@ def run_launcher(cmd: Sequence[str], dry_run: bool = False) -> int:
 
 
 def register_cli(subparsers) -> None:
-    from scaling.cli import subcommand
+    from datascale.cli import subcommand
 
     parser = subcommand(subparsers, "launch", _launch_main,
                         help="run a stage on many ranks or nodes through the DeepSpeed launcher",

@@ -1,4 +1,4 @@
-"""``datascale study``: the whole scaling study from one config, resumably.
+"""The whole scaling study from one config as a plan of commands, run resumably (``datascale study``).
 
     datascale study [configs/studies/demo.yaml] [--dry-run]
 
@@ -17,7 +17,6 @@ exactly the stages (and the downstream stages) whose config or inputs changed
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shlex
@@ -27,7 +26,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from datascale.config import load_config
 from datascale.errors import DatascaleError
+from data_tools.dedup.schema import DedupConfig
+from scaling.pretrain.config import PretrainConfig
+from datascale.lineage import COMPLETE_FILE
+from scaling.tasks import check_task
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +39,6 @@ log = logging.getLogger(__name__)
 _ESTIMATE = {"synth": 10, "shards": 3, "subsets": 1, "pretrain": 65, "dedup": 4,
              "finetune": 9, "analysis": 11}
 
-# Where each task's data lives in a synthetic world, and its test set for the audit.
-_WORLD_TASKS = {
-    "detection": ("detection", "detection/annotations/instances_test.json"),
-    "segmentation": ("segmentation", "segmentation/ImageSets/Segmentation/test.txt"),
-    "pose": ("pose", "pose/annotations/person_keypoints_test.json"),
-}
 
 
 @dataclass
@@ -53,6 +51,7 @@ class Step:
     out: Path
     distributed: bool = False      # runs through the DeepSpeed launcher on a cluster
     subprocess: bool = False       # runs in its own process (DeepSpeed's process group)
+    marker: str = COMPLETE_FILE    # its completion marker in ``out`` (analysis steps share results/)
     status: str = "pending"
     seconds: float = 0.0
 
@@ -86,10 +85,10 @@ def _task_paths(cfg, root: Path, task: str) -> tuple[Path, Path]:
     spec = cfg.tasks.get(task)
     data = Path(spec.data) if spec and spec.data else None
     test = Path(spec.test) if spec and spec.test else None
-    if cfg.world is not None and task in _WORLD_TASKS:
-        folder, test_file = _WORLD_TASKS[task]
-        data = data or root / "world" / folder
-        test = test or root / "world" / test_file
+    if cfg.world is not None:
+        entry = check_task(task)  # where the task's data lives in a synthetic world
+        data = data or root / "world" / entry.world_data
+        test = test or root / "world" / entry.world_test
     if data is None or test is None:
         raise DatascaleError(f"task {task}: give tasks.{task}.data and tasks.{task}.test in the study config")
     return data, test
@@ -129,30 +128,41 @@ def build_plan(cfg) -> Plan:
         plan.add("pretrain", f"pretrain {name}", argv, run, distributed=cfg.launcher == "deepspeed",
                  subprocess=True)
         backbones[name] = run / "backbone.pt"
-    cleaned = _plan_dedup(cfg, plan, root, subsets / names[-1])
+    cleaned = _plan_dedup(cfg, plan, root, subsets / names[-1], backbones[names[-1]])
     _plan_finetune(cfg, plan, root, backbones, cleaned)
     results = root / "results"
     # Exactly the planned runs: a folder left from an earlier config is not collected.
     runs = [str(s.out) for s in plan.steps if s.stage in ("pretrain", "finetune")]
     plan.add("analysis", "collect results", ["results", "collect", *runs,
-                                             "--out", str(results / "results.parquet")], results)
+                                             "--out", str(results / "results.parquet")], results,
+             marker=f"collect.{COMPLETE_FILE}")
     plan.add("analysis", "fit curves", ["fit", "--results", str(results / "results.parquet"),
-                                        *_sets(cfg.analysis.fit_set)], results)
+                                        *_sets(cfg.analysis.fit_set)], results, marker=f"fit.{COMPLETE_FILE}")
     plot = ["plot", "--results", str(results / "results.parquet"), *_sets(cfg.analysis.plot_set)]
     if cfg.analysis.plot_metrics:
         plot += ["--where", "metric=" + "|".join(cfg.analysis.plot_metrics)]
     if cfg.analysis.reference:
         plot += ["--reference", cfg.analysis.reference]
-    plan.add("analysis", "plots and report", plot, results)
+    plan.add("analysis", "plots and report", plot, results, marker=f"plot.{COMPLETE_FILE}")
     return plan
 
 
-def _plan_dedup(cfg, plan: Plan, root: Path, pool: Path) -> dict[str, Path]:
+def _dedup_sets(cfg, largest_backbone: Path) -> list[str]:
+    """The study's dedup overrides, plus the largest subset's backbone.pt for a ``backbone``
+    embedder given no checkpoint (the audit runs after pretraining, so it exists by then)."""
+    default = f"embedder.backbone.checkpoint={largest_backbone}"
+    dedup = load_config(DedupConfig, cfg.dedup.config, [default, *cfg.dedup.set])
+    uses_default = dedup.embedder.name == "backbone" and dedup.embedder.backbone.checkpoint == str(largest_backbone)
+    return [default, *cfg.dedup.set] if uses_default else list(cfg.dedup.set)
+
+
+def _plan_dedup(cfg, plan: Plan, root: Path, pool: Path, largest_backbone: Path) -> dict[str, Path]:
     """Index the largest pool, audit each task's test set; returns task -> cleaned test file."""
     if not cfg.dedup.enabled or not cfg.finetune.tasks:
         return {}
     index, audit = root / "dedup" / "index", root / "dedup" / "audit"
-    argv = ["dedup", "index", str(pool), "--config", cfg.dedup.config, *_sets(cfg.dedup.set),
+    dedup_sets = _dedup_sets(cfg, largest_backbone)
+    argv = ["dedup", "index", str(pool), "--config", cfg.dedup.config, *_sets(dedup_sets),
             "--out", str(index), "--force"]
     if cfg.launcher == "deepspeed":
         # Embedding the pool is the costly part: every rank of the cluster embeds its
@@ -167,7 +177,7 @@ def _plan_dedup(cfg, plan: Plan, root: Path, pool: Path) -> dict[str, Path]:
         testsets += ["--testset", f"{task}={test}"]
         cleaned[task] = audit / task / "clean" / test.name
     argv = ["dedup", "audit", str(index), *testsets, "--config", cfg.dedup.config,
-            *_sets(cfg.dedup.set), "--out", str(audit), "--force"]
+            *_sets(dedup_sets), "--out", str(audit), "--force"]
     truth = cfg.dedup.ground_truth or (str(root / "world" / "duplicates" / "planted.csv")
                                        if cfg.world is not None else "")
     if truth:
@@ -179,9 +189,6 @@ def _plan_dedup(cfg, plan: Plan, root: Path, pool: Path) -> dict[str, Path]:
 
 def _pretrain_arch(cfg) -> str:
     """The architecture the pretraining config builds (the random-init baseline uses it too)."""
-    from datascale.config import load_config
-    from scaling.pretrain_config import PretrainConfig
-
     pre = load_config(PretrainConfig, cfg.pretrain.config,
                       [*cfg.pretrain.set, "data.train=unused", "data.eval=unused"])
     return pre.model.arch
@@ -209,18 +216,29 @@ def _plan_finetune(cfg, plan: Plan, root: Path, backbones: dict[str, Path], clea
                     plan.add("finetune", f"{task} {mode} {init} seed {seed}", argv, run)
 
 
-# Printed under the pretraining table of the report.
+# Printed under the pretraining table of the report, for a study on the synthetic world only
+# (it explains that world's demo; a study on real data gets no such paragraph).
 _WHAT_DRIVES_IT = """\
 What drives the trend: as in the paper, every subset pretrains with the same
 compute (the same steps and batch), so a small subset is seen many times over
 while a large one is seen a few times. Repeated passes let the network fit
-its subset's images and their noisy labels (20% of the given labels are wrong)
-instead of learning features that hold beyond it; more distinct images give
-features that transfer. The frozen mode shows it most directly, because
-everything before conv5 is the pretrained trunk. Where a task's metric stays
-near its floor at this budget (read its fit's interval in the table above),
-the demo is too short for that task to tell the backbones apart; the same
-commands at real scale remove that limit."""
+its subset's images and their noisy labels ({noise} of the given labels in
+this world are wrong) instead of learning features that hold beyond it; more
+distinct images give features that transfer. The frozen mode shows it most
+directly, because everything before conv5 is the pretrained trunk. Where a
+task's metric stays near its floor at this budget (read its fit's interval
+in the table above), the demo is too short for that task to tell the
+backbones apart; the same commands at real scale remove that limit."""
+
+
+def _world_paragraph(root: Path) -> list[str]:
+    """The synthetic world's explanation, with the label noise the world measured."""
+    world = root / "world" / "world.json"
+    noise = "some"
+    if world.is_file():
+        rate = json.loads(world.read_text()).get("pretrain", {}).get("noise_rate_measured")
+        noise = f"{rate:.0%}" if isinstance(rate, (int, float)) else noise
+    return ["", _WHAT_DRIVES_IT.format(noise=noise)]
 
 
 # --------------------------------------------------------------------------- run
@@ -228,10 +246,10 @@ commands at real scale remove that limit."""
 
 def _run_step(step: Step) -> int:
     """Run one command: DeepSpeed stages in their own process, the rest in this one."""
-    from scaling import cli
+    from datascale import cli
 
     if step.subprocess:
-        return subprocess.run([sys.executable, "-m", "scaling.cli", "-q", *step.argv]).returncode
+        return subprocess.run([sys.executable, "-m", "datascale.cli", "-q", *step.argv]).returncode
     try:
         return cli.main(["-q", *step.argv])
     except (KeyboardInterrupt, SystemExit):
@@ -251,7 +269,7 @@ def run_plan(plan: Plan, progress: bool = True) -> None:
         bar = tqdm(steps, desc=f"{stage:9s}", unit="run", disable=not progress, leave=True)
         for step in bar:
             bar.set_postfix_str(step.label)
-            before = _completed_at(step.out)
+            before = _completed_at(step)
             start = time.time()
             code = _run_step(step)
             step.seconds = time.time() - start
@@ -261,12 +279,12 @@ def run_plan(plan: Plan, progress: bool = True) -> None:
                     f"step '{step.label}' failed (exit {code}); fix the cause and run the study again: "
                     f"finished steps are skipped. The command was:\n  {step.command()}")
             # A stage that found its output complete leaves complete.json untouched.
-            after = _completed_at(step.out)
+            after = _completed_at(step)
             step.status = "skipped" if before is not None and before == after else "done"
 
 
-def _completed_at(out: Path) -> float | None:
-    marker = out / "complete.json"
+def _completed_at(step: Step) -> float | None:
+    marker = step.out / step.marker
     return marker.stat().st_mtime_ns if marker.is_file() else None
 
 
@@ -278,7 +296,7 @@ def print_plan(plan: Plan, cfg, file=None) -> None:
     print(f"study {cfg.name}: {len(plan.steps)} commands -> {plan.root}/", file=file)
     for stage, n in counts.items():
         print(f"  {stage:9s} {n:3d} run(s)", file=file)
-    todo = [s for s in plan.steps if not (s.out / "complete.json").is_file()]
+    todo = [s for s in plan.steps if not (s.out / s.marker).is_file()]
     if cfg.world is not None:
         estimate = sum(_ESTIMATE.get(s.stage, 10) for s in todo)
         print(f"  estimated time for the {len(todo)} commands not done yet: ~{max(1, round(estimate / 60))} min "
@@ -314,7 +332,8 @@ def write_study_section(plan: Plan, cfg) -> Path:
             value = next(iter(metrics["metrics"]["eval"].values()))
             passes = meta["steps"] * meta["global_batch"] / meta["subset_images"]
             lines.append(f"| {meta['subset_name']} | {meta['subset_images']} | {passes:.0f} | {value:.4f} |")
-    lines += ["", _WHAT_DRIVES_IT]
+    if cfg.world is not None:
+        lines += _world_paragraph(plan.root)
     audit = plan.root / "dedup" / "audit"
     summaries = sorted(audit.glob("*/summary.json")) if audit.is_dir() else []
     if summaries:
@@ -332,43 +351,3 @@ def write_study_section(plan: Plan, cfg) -> Path:
     lines += [f"| {stage} | {secs:.0f} |" for stage, secs in totals.items()]
     write_text(report, text + "\n".join(lines) + "\n")
     return report
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def register_cli(subparsers) -> None:
-    from scaling.cli import subcommand
-
-    parser = subcommand(subparsers, "study", _main, help="run the whole scaling study from one config",
-                        description=__doc__)
-    parser.add_argument("config", nargs="?", default="studies/demo",
-                        help="study config: a path or a built-in name (studies/demo, studies/tiny, studies/jft300m)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one study config value, e.g. --set out=/tmp/study")
-    parser.add_argument("--dry-run", action="store_true", help="print every command, run nothing")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _main(args: argparse.Namespace) -> int:
-    from datascale.config import load_config
-    from scaling.study_config import StudyConfig
-
-    cfg = load_config(StudyConfig, args.config, args.overrides)
-    plan = build_plan(cfg)
-    if args.dry_run:
-        print_plan(plan, cfg)
-        for step in plan.steps:
-            via = "  # DeepSpeed launcher" if step.distributed else ""
-            print(step.command() + via)
-        return 0
-    print_plan(plan, cfg)
-    started = time.time()
-    try:
-        run_plan(plan, progress=not args.no_progress)
-    finally:
-        if any(s.status != "pending" for s in plan.steps):
-            print_summary(plan)
-    write_study_section(plan, cfg)
-    print(f"study {cfg.name} finished in {(time.time() - started) / 60:.1f} min")
-    return 0

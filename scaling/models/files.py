@@ -18,7 +18,8 @@ import torch
 
 from datascale.atomic import atomic_path, write_json
 from datascale.errors import DataError
-from scaling.models import BACKBONES, IMAGE_MEAN, IMAGE_STD, Backbone, MultiLabelClassifier, build_backbone
+from scaling.models.registry import BACKBONES
+from scaling.models.backbones import IMAGE_MEAN, IMAGE_STD, Backbone, MultiLabelClassifier, build_backbone
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ range inside a tar). Readers never load image bytes, so the first pass over a
 from __future__ import annotations
 
 import collections
+import csv
 import json
 import logging
 import tarfile
@@ -19,13 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from datascale.errors import DataError
+import pandas as pd
+import pyarrow.parquet as pq
+
+from datascale.errors import DataError, count_skip
+from datascale.formats.wds import split_member
 from data_tools.ranks import sanitize_key
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm"}
-_LOGGED_PER_REASON = 5
 
 
 @dataclass
@@ -38,15 +42,6 @@ class SourceRecord:
     source: str             # where it came from, for people (relative path or tar member)
     ref: str                # how to fetch the bytes: see :func:`read_ref`
     ext: str                # extension as named by the input (the writer re-detects the format)
-
-
-def count_skip(skipped: collections.Counter | None, reason: str, detail: str) -> None:
-    """Count one skipped item under ``reason`` and log it (the first few per reason as warnings)."""
-    if skipped is None:
-        raise DataError(f"{reason}: {detail}")
-    skipped[reason] += 1
-    level = logging.WARNING if skipped[reason] <= _LOGGED_PER_REASON else logging.DEBUG
-    log.log(level, "skipped (%s): %s", reason, detail)
 
 
 def read_ref(ref: str) -> bytes:
@@ -131,7 +126,6 @@ def iter_parquet_batches(path: str | Path, columns: list[str] | None = None,
     760 MB after a 10M-row manifest, 41 MB with this setting). ``row_groups``
     (indices) reads only those groups.
     """
-    import pyarrow.parquet as pq
     reader = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
     return reader.iter_batches(batch_size=batch_rows, columns=columns, row_groups=row_groups)
 
@@ -142,7 +136,6 @@ def _manifest_rows(path: Path, batch_rows: int = 65536) -> Iterator[dict]:
         for batch in iter_parquet_batches(path, batch_rows=batch_rows):
             yield from batch.to_pylist()
     elif suffix == ".csv":
-        import pandas as pd
         for chunk in pd.read_csv(path, chunksize=batch_rows, dtype=str, keep_default_na=False):
             yield from chunk.to_dict("records")
     elif suffix in (".jsonl", ".ndjson"):
@@ -160,11 +153,9 @@ def _manifest_rows(path: Path, batch_rows: int = 65536) -> Iterator[dict]:
 def _manifest_columns(path: Path) -> list[str] | None:
     """Column names without reading the data (None for JSONL, checked per row)."""
     if path.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
         return pq.ParquetFile(path).schema_arrow.names
     if path.suffix.lower() == ".csv":
         with open(path, encoding="utf-8") as handle:
-            import csv
             return next(csv.reader(handle), [])
     return None
 
@@ -222,7 +213,7 @@ def _tar_groups(path: Path, skipped: collections.Counter) -> Iterator[tuple[str,
             for info in tar:
                 if not info.isreg() or "." not in info.name.rsplit("/", 1)[-1]:
                     continue
-                prefix, ext = _split_member(info.name)
+                prefix, ext = split_member(info.name)
                 if prefix != current:
                     if current is not None:
                         yield current, images, small
@@ -237,13 +228,6 @@ def _tar_groups(path: Path, skipped: collections.Counter) -> Iterator[tuple[str,
         count_skip(skipped, "truncated_tar", f"{path.name}: {exc}")
     if current is not None:
         yield current, images, small
-
-
-def _split_member(name: str) -> tuple[str, str]:
-    # WebDataset's rule: the key is everything before the first dot of the base name.
-    head, _, base = name.rpartition("/")
-    stem, _, ext = base.partition(".")
-    return (f"{head}/{stem}" if head else stem), ext.lower()
 
 
 def read_wds(root: Path, options: Any, skipped: collections.Counter) -> Iterator[SourceRecord]:

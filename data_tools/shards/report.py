@@ -9,12 +9,17 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from datascale.atomic import atomic_path, write_json, write_text
 from datascale.errors import DataError
+from data_tools.shards.manifest import (MANIFEST_ROW_GROUP, MANIFEST_WRITE_OPTIONS, WORK_DIR, manifest_schema,
+                                       shard_name)
 from data_tools.labels import Vocabulary, noise_stats, tail_summary
-from data_tools.shard_io import ImageCheckError, check_image, read_shard
-from data_tools.sources import iter_parquet_batches
+from datascale.formats.wds import ImageCheckError, check_image, read_shard
+from data_tools.shards.sources import iter_parquet_batches
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +63,13 @@ def finalize_shards(out: Path, total: int, vocab: Vocabulary, state: dict, salt:
 
     Streams one part (one shard's rows) at a time. Returns the summary.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from data_tools.shards import (MANIFEST_ROW_GROUP, MANIFEST_WRITE_OPTIONS, WORK_DIR,
-                                   _manifest_schema, shard_name)
     parts = out / WORK_DIR / "parts"
     sizes: dict[str, int] = {}
     skipped = collections.Counter(state["skipped"])
     reencoded = total_bytes = 0
     tally = LabelTally(len(vocab))
     with atomic_path(out / "manifest.parquet") as tmp:
-        with pq.ParquetWriter(tmp, _manifest_schema(state["has_true"]),
+        with pq.ParquetWriter(tmp, manifest_schema(state["has_true"]),
                               **MANIFEST_WRITE_OPTIONS) as writer:
             group: list = []  # parts gathered into row groups of MANIFEST_ROW_GROUP rows
             for index in range(total):
@@ -171,7 +172,6 @@ def verify_shards(shards_dir: str | Path, full: bool = False, progress: bool = T
     Returns ``{"ok", "shards", "samples", "problems": {shard: [..]}}``.
     Memory: the keys of one shard at a time (the manifest is streamed).
     """
-    from tqdm import tqdm
     root = Path(shards_dir)
     for name in ("manifest.parquet", "sizes.json"):
         if not (root / name).is_file():

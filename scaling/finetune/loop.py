@@ -1,4 +1,4 @@
-"""``datascale finetune``: the one downstream training loop, for every task and mode.
+"""The one downstream training loop, for every task and mode (``datascale finetune``).
 
     datascale finetune --task detection --mode frozen \\
         --backbone runs/pretrain/30M/backbone.pt --data WORLD/detection --out runs/finetune/detection/30M-frozen
@@ -24,7 +24,6 @@ same config and inputs is skipped; an interrupted one is restarted from step
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -34,12 +33,18 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+import torch
+from tqdm import tqdm
+
 from datascale.atomic import append_jsonl, write_json
-from datascale.config import load_config, read_yaml, resolve_config_path
-from datascale.errors import ConfigError, DatascaleError, DataError
+from datascale.errors import DatascaleError, DataError
 from datascale.lineage import config_record, mark_complete, prepare_output_dir, sha256_file
-from scaling.cli import add_config_args, subcommand
-from scaling.tasks.config import TASK_NAMES, FinetuneConfig, TrainConfig
+from scaling.models.backbones import build_backbone, fix_batchnorm_stats, freeze_stages
+from scaling.models.files import backbone_paths, load_backbone
+from scaling.tasks import get_task
+from scaling.tasks.common import TEST_SETS
+from scaling.tasks.config import FinetuneConfig, TrainConfig, check_input_size
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +57,10 @@ FAILED_FILE = "failed.json"
 
 
 def _sgd(params: list, train: TrainConfig):
-    import torch
-
     return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
 
 
 def _adamw(params: list, train: TrainConfig):
-    import torch
-
     return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
 
 
@@ -99,9 +100,6 @@ def initial_backbone(cfg: FinetuneConfig, dilation: tuple[bool, bool, bool]):
 
     ``meta`` is backbone.json's content ({} plus ``arch`` for a bare checkpoint).
     """
-    from scaling.models import build_backbone
-    from scaling.backbone_io import backbone_paths, load_backbone
-
     if cfg.init == "random":
         return build_backbone(cfg.arch, replace_stride_with_dilation=dilation), {"arch": cfg.arch}
     weights, meta_path = backbone_paths(cfg.backbone)
@@ -116,8 +114,6 @@ def run_lineage(cfg: FinetuneConfig, meta: dict) -> dict:
     source = meta.get("lineage") or {}
     weights = None
     if cfg.backbone is not None:
-        from scaling.backbone_io import backbone_paths
-
         weights = backbone_paths(cfg.backbone)[0]
     pretrain_run = source.get("pretrain_run")
     if pretrain_run is None and cfg.init == "pretrained" and weights is not None:
@@ -148,9 +144,6 @@ def train(task, model, train_set, cfg: FinetuneConfig, out_dir: Path, progress: 
     Raises DatascaleError when the loss becomes NaN or inf. Memory: one batch
     plus the model's activations; time: steps x step time (benchmarks/bench_finetune.py).
     """
-    import torch
-    from tqdm import tqdm
-
     t = cfg.train
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = OPTIMIZERS[t.optimizer](params, t)
@@ -192,12 +185,6 @@ def prepare(task, cfg: FinetuneConfig, backbone, meta: dict) -> tuple[Any, Any, 
     Returns (model, training set, {test set name: test set}); the cleaned test
     set is present only when ``data.cleaned_test`` is set.
     """
-    import numpy as np
-    import torch
-
-    from scaling.models import fix_batchnorm_stats, freeze_stages
-    from scaling.tasks.common import TEST_SETS
-
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -212,6 +199,8 @@ def prepare(task, cfg: FinetuneConfig, backbone, meta: dict) -> tuple[Any, Any, 
         raise DataError(f"the {task.name} training set has no usable samples")
     tests = {name: task.load_test(cfg, name) for name in TEST_SETS}
     tests = {name: data for name, data in tests.items() if data is not None}
+    for data in tests.values():
+        task.check_test(train_set, data)
     return task.build_model(backbone, cfg, train_set, meta), train_set, tests
 
 
@@ -234,10 +223,6 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path, *, force: bool = Fals
     A complete run with the same config and inputs is not repeated. On any
     error, failed.json ({"error", "step"}) is written and the error re-raised.
     """
-    import torch
-
-    from scaling.tasks import get_task
-
     out_dir = Path(out_dir)
     task = get_task(cfg.task)
     previous_threads = torch.get_num_threads()
@@ -246,6 +231,7 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path, *, force: bool = Fals
     log.info("%s %s: %d CPU threads", cfg.task, cfg.mode, threads)
     try:
         backbone, meta = initial_backbone(cfg, task.dilation(cfg))
+        check_input_size(cfg, backbone.arch)  # the architecture a backbone.json named
         lineage = run_lineage(cfg, meta)
         inputs = dict(task.input_files(cfg))
         if lineage["backbone"] is not None:
@@ -271,70 +257,3 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path, *, force: bool = Fals
         return result
     finally:
         torch.set_num_threads(previous_threads)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-_FLAGS = ("task", "mode", "backbone", "init", "arch", "data", "cleaned_test", "steps", "seed")
-
-
-def config_from_cli(args: argparse.Namespace) -> FinetuneConfig:
-    """The run's config: the YAML file (default ``finetune/<task>``), then the flags, then ``--set``."""
-    flag = {name: getattr(args, name, None) for name in _FLAGS}  # unset flags are absent (SUPPRESS)
-    source = args.config or (f"finetune/{flag['task']}" if flag["task"] else None)
-    if source is None:
-        raise ConfigError("say which task: --task detection|segmentation|pose (or --config FILE)")
-    data = read_yaml(resolve_config_path(source))
-    data.update({k: flag[k] for k in ("task", "mode", "arch", "seed", "backbone", "init") if flag[k] is not None})
-    if flag["backbone"]:
-        from scaling.backbone_io import backbone_paths
-
-        described = backbone_paths(flag["backbone"])[1].is_file()
-        if not flag["init"]:
-            data["init"] = "pretrained" if described else "checkpoint"
-        if described and not flag["arch"]:
-            data["arch"] = None  # the architecture backbone.json names; --arch/--set arch= must match it
-    sections = {("data", "root"): flag["data"], ("data", "cleaned_test"): flag["cleaned_test"],
-                ("train", "steps"): flag["steps"]}
-    for (section, key), value in sections.items():
-        if value is not None:
-            data.setdefault(section, {})[key] = value
-    return load_config(FinetuneConfig, data, args.overrides)
-
-
-def _command(args: argparse.Namespace) -> int:
-    cfg = config_from_cli(args)
-    result = run_finetune(cfg, args.out, force=args.force)
-    for test_set, values in result["metrics"].items():
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in values.items() if "/" not in k)
-        print(f"{cfg.task} {cfg.mode} [{test_set}]: {shown}")
-    print(f"metrics: {Path(args.out) / METRICS_FILE}")
-    return 0
-
-
-def register_cli(subparsers: Any) -> None:
-    """Add ``datascale finetune`` (torch is imported only when it runs)."""
-    parser = subcommand(subparsers, "finetune", _command,
-                        help="fine-tune a backbone on detection, segmentation or pose (frozen or not)",
-                        description="Fine-tune a backbone on a downstream task (frozen or fine-tuned) and "
-                                    "evaluate it on the original and the de-duplicated test set.")
-    unset = argparse.SUPPRESS  # no "(default: None)" in --help; the config file holds the defaults
-    parser.add_argument("--task", choices=TASK_NAMES, default=unset,
-                        help="downstream task; its built-in config finetune/TASK is the default --config")
-    parser.add_argument("--mode", choices=("frozen", "finetune"), default=unset,
-                        help="frozen: conv1..conv4 fixed (the paper); finetune: everything trains")
-    parser.add_argument("--backbone", metavar="PATH", default=unset,
-                        help="backbone.pt or its folder from pretraining, or another checkpoint")
-    parser.add_argument("--init", choices=("random", "pretrained", "checkpoint"), default=unset,
-                        help="random: no backbone file; without it, pretrained if backbone.json exists, "
-                             "else checkpoint")
-    parser.add_argument("--arch", default=unset, help="backbone architecture (else from backbone.json)")
-    parser.add_argument("--data", metavar="DIR", default=unset,
-                        help="dataset folder (data.root), e.g. WORLD/detection")
-    parser.add_argument("--cleaned-test", metavar="FILE", default=unset,
-                        help="de-duplicated test set: COCO JSON or image list (data.cleaned_test)")
-    parser.add_argument("--steps", type=int, default=unset, help="optimizer steps (train.steps)")
-    parser.add_argument("--seed", type=int, default=unset, help="random seed")
-    parser.add_argument("--out", required=True, metavar="RUN", default=unset, help="run folder to write")
-    add_config_args(parser, None, FinetuneConfig)

@@ -19,6 +19,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from data_tools.loader.config import PAPER_CROP, PAPER_RESIZE
+
 
 @dataclass(frozen=True)
 class CropTransform:
@@ -61,7 +63,7 @@ class CropTransform:
 
 def paper_transform(image_size: int, train: bool) -> CropTransform:
     """Sun et al. 2017: shorter side 340, 299 crop (image_size is ignored)."""
-    return CropTransform(340, 299, train)
+    return CropTransform(PAPER_RESIZE, PAPER_CROP, train)
 
 
 def demo_transform(image_size: int, train: bool) -> CropTransform:

@@ -1,0 +1,74 @@
+"""``datascale finetune``: one downstream run (see :mod:`scaling.finetune.loop`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from datascale.cli import add_config_args, add_shortcut, config_from_args, override_value, subcommand
+from datascale.errors import ConfigError
+from scaling.tasks import TASKS, check_task
+from scaling.tasks.config import FinetuneConfig
+
+
+def config_from_cli(args: argparse.Namespace) -> FinetuneConfig:
+    """The run's config: the YAML file (default ``finetune/<task>``), then flags and ``--set`` in order.
+
+    A backbone file also sets what it implies, before the user's values (which
+    win): ``init=pretrained`` when backbone.json is beside it (else
+    ``checkpoint``), and the architecture backbone.json names.
+    """
+    task = override_value(args, "task")
+    if task is not None:
+        check_task(task)
+    source = args.config or (f"finetune/{task}" if task else None)
+    if source is None:
+        raise ConfigError("say which task: --task detection|segmentation|pose (or --config FILE)")
+    implied = []
+    backbone = override_value(args, "backbone")
+    if backbone:
+        from scaling.models.files import backbone_paths  # torch
+
+        described = backbone_paths(backbone)[1].is_file()
+        implied.append(f"init={'pretrained' if described else 'checkpoint'}")
+        if described:
+            implied.append("arch=null")  # the architecture backbone.json names; arch= must match it
+    return config_from_args(FinetuneConfig, args, source=source, defaults=implied)
+
+
+def _command(args: argparse.Namespace) -> int:
+    from scaling.finetune.loop import METRICS_FILE, run_finetune  # torch
+
+    cfg = config_from_cli(args)
+    result = run_finetune(cfg, args.out, force=args.force)
+    for test_set, values in result["metrics"].items():
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in values.items() if "/" not in k)
+        print(f"{cfg.task} {cfg.mode} [{test_set}]: {shown}")
+    print(f"metrics: {Path(args.out) / METRICS_FILE}")
+    return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add ``datascale finetune`` (torch is imported only when it runs)."""
+    parser = subcommand(subparsers, "finetune", _command,
+                        help="fine-tune a backbone on detection, segmentation or pose (frozen or not)",
+                        description="Fine-tune a backbone on a downstream task (frozen or fine-tuned) and "
+                                    "evaluate it on the original and the de-duplicated test set. Flags are "
+                                    "shorthands for --set; of a flag and a --set of one key, the later wins.")
+    add_shortcut(parser, "--task", key="task", choices=tuple(TASKS),
+                 help="downstream task; its built-in config finetune/TASK is the default --config")
+    add_shortcut(parser, "--mode", key="mode", choices=("frozen", "finetune"),
+                 help="frozen: conv1..conv4 fixed (the paper); finetune: everything trains")
+    add_shortcut(parser, "--backbone", key="backbone", metavar="PATH",
+                 help="backbone.pt or its folder from pretraining, or another checkpoint")
+    add_shortcut(parser, "--init", key="init", choices=("random", "pretrained", "checkpoint"),
+                 help="random: no backbone file; without it, pretrained if backbone.json exists, else checkpoint")
+    add_shortcut(parser, "--arch", key="arch", help="backbone architecture (else from backbone.json)")
+    add_shortcut(parser, "--data", key="data.root", metavar="DIR", help="dataset folder, e.g. WORLD/detection")
+    add_shortcut(parser, "--cleaned-test", key="data.cleaned_test", metavar="FILE",
+                 help="de-duplicated test set: COCO JSON or image list")
+    add_shortcut(parser, "--steps", key="train.steps", type=int, help="optimizer steps")
+    add_shortcut(parser, "--seed", key="seed", type=int, help="random seed")
+    parser.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
+    add_config_args(parser, None, FinetuneConfig)
