@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from analysis.config import FitConfig, PlotConfig
+from analysis.config import MODEL_CHOICE_RULE, FitConfig, PlotConfig
 from datascale.atomic import write_text
 from datascale.config import dump_yaml
 from datascale.lineage import config_record
@@ -46,10 +46,10 @@ def register_cli(subparsers) -> None:
     collect.add_argument("--merge", action="store_true",
                          help="keep rows of runs not under RUNS_DIR already in the table (locked, deduplicated)")
 
-    fit = subcommand(subparsers, "fit", run_fit, help="scaling-curve fits with bootstrap intervals",
+    fit = subcommand(subparsers, "fit", run_fit, help="scaling-curve fits with intervals over pretraining runs",
                      description="Fit metric against pretraining images per curve (task, metric, test set, "
-                                 "mode, arch, init): log-linear and saturating power law, bootstrap "
-                                 "intervals, model choice by held-out error; writes fits.csv and friends.")
+                                 "mode, arch, init): log-linear and saturating power law; writes fits.csv "
+                                 "and friends.\n\n" + MODEL_CHOICE_RULE)
     _table_args(fit)
     fit.add_argument("--predict", type=float, metavar="IMAGES", help="extrapolate each curve to IMAGES (e.g. 1e9)")
     fit.add_argument("--target", type=float, metavar="VALUE", help="pretraining images needed to reach VALUE")
