@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from analysis.config import FitConfig
 from analysis.fit import fit_table
 from analysis.results import collect_runs, to_frame
