@@ -243,9 +243,8 @@ def _notes(points: CurvePoints) -> list[str]:
     single = int((points.per_size < 2).sum())
     if single:
         notes.append(f"{single} of {len(points.per_size)} sizes have one pretraining run: the interval rests "
-                     f"on the scatter of {len(points.y)} backbone means about the curve (few degrees of "
-                     "freedom, so it is wide) and lack of fit cannot be told from run-to-run noise there; "
-                     "more pretraining runs per size would narrow it")
+                     f"on {len(points.y)} backbone means (wide) and lack of fit cannot be told from "
+                     "run-to-run noise there; more pretraining runs per size would narrow it")
     return notes
 
 

@@ -184,6 +184,8 @@ def read_run(run_dir: Path, record: dict | None, problem: str, out: Collection) 
         return
     steps = columns.get("steps") if columns.get("steps") is not None else metrics.get("steps")
     base = {**columns, "task": task, "steps": steps, "run_dir": str(run_dir)}
+    if base.get("pretrain_run") is None and base.get("stage") == "pretrain":
+        base["pretrain_run"] = str(run_dir)  # a pretraining run's own metrics: it is the backbone
     _add_metric_rows(run_dir, metrics["metrics"], base, out)
 
 

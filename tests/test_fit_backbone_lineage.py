@@ -24,8 +24,11 @@ def test_pretrain_run_falls_back_to_the_backbone_hash_then_its_path(tmp_path):
              lineage={**_lineage(10**7, 2, backbone="/w/c.pt"), "pretrain_run": "runs/pretrain/10M-r0"})
     make_run(tmp_path, "scratch", metrics={"original": {"AP": 0.1}},
              lineage={**_lineage(10**7, 3), "init": "random", "subset_images": None})
+    pretrain = make_run(tmp_path, "pretrain-10M", metrics={"eval": {"mAP@100": 0.2}}, stage="pretrain",
+                        lineage={**_lineage(10**7, 0), "mode": "pretrain", "init": "random"})
     rows = {r["run_dir"].rsplit("/", 1)[-1]: r["pretrain_run"] for r in collect_runs([tmp_path], progress=False).rows}
-    assert rows == {"hashed": "sha256:ab12", "path-only": "/w/b.pt", "named": "runs/pretrain/10M-r0", "scratch": None}
+    assert rows == {"hashed": "sha256:ab12", "path-only": "/w/b.pt", "named": "runs/pretrain/10M-r0", "scratch": None,
+                    "pretrain-10M": str(pretrain.resolve())}
 
 
 def test_runs_fine_tuned_from_one_backbone_are_one_point_of_the_fit(tmp_path):
