@@ -21,7 +21,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from analysis.config import FitConfig, PlotConfig
+from analysis.config import MODEL_CHOICE_RULE, FitConfig, PlotConfig
 from datascale.atomic import write_text
 from datascale.cli import add_config_args, add_shortcut, config_from_args, subcommand
 from datascale.config import dump_yaml
@@ -45,10 +45,10 @@ def register_cli(subparsers) -> None:
     collect.add_argument("--merge", action="store_true",
                          help="keep rows of runs not under RUNS_DIR already in the table (locked, deduplicated)")
 
-    fit = subcommand(subparsers, "fit", run_fit, help="scaling-curve fits with bootstrap intervals",
+    fit = subcommand(subparsers, "fit", run_fit, help="scaling-curve fits with intervals over pretraining runs",
                      description="Fit metric against pretraining images per curve (task, metric, test set, "
-                                 "mode, arch, init): log-linear and saturating power law, bootstrap "
-                                 "intervals, model choice by held-out error; writes fits.csv and friends.")
+                                 "mode, arch, init): log-linear and saturating power law; writes fits.csv "
+                                 "and friends.\n\n" + MODEL_CHOICE_RULE)
     _table_args(fit)
     add_shortcut(fit, "--predict", key="predict_images", type=float, metavar="IMAGES",
                  help="extrapolate each curve to IMAGES (e.g. 1e9)")

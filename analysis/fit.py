@@ -3,13 +3,22 @@
 The curve families (log-linear, saturating power law) live in
 :mod:`analysis.fit_models`, chosen by name from its registry ``FIT_MODELS``.
 
-Uncertainty comes from a bootstrap over the runs of one curve: seeds are
-resampled within each data size when every size has several seeds, otherwise
-(one seed per size) the (size, value) pairs are resampled; intervals are
-expanded percentile intervals (see :func:`expanded_level`), which keep their
-nominal coverage with the dozen runs a study has. Each model is also refitted
-on all but the largest size to measure how well it extrapolates; the choice
-between models uses that held-out error and AIC (see :func:`_choose`).
+The unit of a fit is the pretraining run (backbone, results column
+``pretrain_run``), not the fine-tuning run: runs fine-tuned from one backbone
+share its luck, so their values are averaged first and each backbone is one
+point (:func:`pretraining_points`). Intervals are then taken over backbones,
+so they hold both pretraining and fine-tuning variance (docs/uncertainty.md):
+
+* models linear in their parameters (log-linear) get exact t intervals from
+  least squares on the backbone means, on n_backbones - 2 degrees of freedom;
+* the power law gets a bootstrap over backbones (resampled within each size
+  when every size has two or more, else (size, mean) pairs), read as expanded
+  percentile intervals (:func:`expanded_level`).
+
+Model choice uses AICc on the backbone means and the error of predicting the
+largest size from the smaller ones (:func:`_choose`); a model is fitted only
+on as many sizes as :attr:`FitModel.fit_sizes` says. A pure-error F test of
+lack of fit is reported where some size has two or more backbones.
 """
 
 from __future__ import annotations
@@ -26,7 +35,9 @@ from scipy import stats
 from tqdm import tqdm
 
 from analysis.config import FitConfig
-from analysis.fit_models import FIT_MODELS, ErrorScale, FitModel, error_scale
+from analysis.fit_models import FIT_MODELS, ErrorScale, FitModel, error_scale, metric_range
+from analysis.intervals import (CurvePoints, aicc, bootstrap_draws, distinct_per_row, expanded_level, lack_of_fit,
+                                pretraining_points, quantiles, refuse_nonfinite)
 from analysis.results import select
 from datascale.atomic import atomic_path
 from datascale.errors import DataError
@@ -38,157 +49,198 @@ log = logging.getLogger(__name__)
 CURVE_KEYS = ["task", "metric", "test_set", "mode", "arch", "init"]
 # Columns that should be constant along one curve (rule 3: same compute for every size).
 SAME_ALONG_CURVE = ("steps", "num_classes")
+BACKBONE_COLUMN = "pretrain_run"
 
-FIT_COLUMNS = ["model", "chosen", "chosen_by", "n_runs", "n_sizes", "min_images", "max_images",
-               "intercept", "intercept_low", "intercept_high",
-               "slope_per_10x", "slope_per_10x_low", "slope_per_10x_high",
-               "error_floor", "error_floor_low", "error_floor_high", "coefficient", "coefficient_low",
-               "coefficient_high", "alpha", "alpha_low", "alpha_high", "limit", "limit_low", "limit_high",
-               "r2", "rmse", "aic", "heldout_error", "ci_level", "bootstrap_kind", "bootstrap_used",
-               "predict_images", "predicted", "predicted_low", "predicted_high", "target",
-               "images_for_target", "images_for_target_low", "images_for_target_high", "note"]
+
+def _estimate_columns() -> list[str]:
+    """Every model's parameter and derived columns, each with its _low / _high bounds."""
+    names = dict.fromkeys(name for model in FIT_MODELS.values()
+                          for name in model.param_names + model.derived_names)
+    return [f"{name}{end}" for name in names for end in ("", "_low", "_high")]
+
+
+FIT_COLUMNS = (["model", "chosen", "chosen_by", "n_runs", "n_backbones", "n_sizes", "min_backbones_per_size",
+                "min_images", "max_images"] + _estimate_columns()
+               + ["r2", "rmse", "aicc", "heldout_error", "lack_of_fit_f", "lack_of_fit_p", "lack_of_fit_dof",
+                  "pure_error_dof", "ci_level", "interval_kind", "interval_dof", "bootstrap_used",
+                  "predict_images", "predicted", "predicted_low", "predicted_high", "target",
+                  "images_for_target", "images_for_target_low", "images_for_target_high", "note"])
 FIT_FILES = {"fits": "fits.csv", "curves": "fit_curves.csv", "points": "fit_points.csv",
              "excluded": "fit_excluded.csv"}
-
-
-# --------------------------------------------------------------------------- bootstrap
-
-
-def bootstrap_draws(n: np.ndarray, y: np.ndarray, draws: int, rng: np.random.Generator
-                    ) -> tuple[str, np.ndarray, np.ndarray]:
-    """Resampled copies of one curve's runs: ``(kind, n*, y*)``, each (draws, runs).
-
-    kind "seeds": every size has >= 2 runs; values are resampled within each
-    size, their deviations from the size mean scaled by sqrt(m / (m - 1)) so
-    that the resampled spread is not smaller than the seeds' (the plain
-    bootstrap of m values shrinks variance by (m - 1) / m, which with 3 seeds
-    would make 95% intervals cover only ~87% of the time). kind "pairs": the
-    (size, value) pairs are resampled. Memory: 2 x draws x runs floats.
-    """
-    sizes, size_index = np.unique(n, return_inverse=True)
-    groups = [np.flatnonzero(size_index == i) for i in range(len(sizes))]
-    if all(len(g) >= 2 for g in groups):
-        y_star = np.empty((draws, len(y)))
-        for g in groups:
-            values = y[g]
-            mean, inflate = values.mean(), math.sqrt(len(g) / (len(g) - 1))
-            y_star[:, g] = mean + inflate * (values[rng.integers(0, len(g), (draws, len(g)))] - mean)
-        return "seeds", np.broadcast_to(n, y_star.shape), y_star
-    picks = rng.integers(0, len(y), size=(draws, len(y)))
-    return "pairs", n[picks], y[picks]
-
-
-def _distinct_per_row(n: np.ndarray) -> np.ndarray:
-    ordered = np.sort(n, axis=1)
-    return 1 + (np.diff(ordered, axis=1) > 0).sum(axis=1)
-
-
-def expanded_level(level: float, dof: int) -> float:
-    """The percentile level that gives ``level`` coverage with few runs (expanded percentile interval).
-
-    Percentile intervals act like mean +- z * se with an estimated se, which
-    with ~10 runs covers clearly less than nominal (a 95% interval from 3
-    seeds at 4 sizes covers ~89%). As in Hesterberg's expanded percentile
-    interval, the level is widened so that its normal quantile equals
-    Student's t quantile with ``dof`` = runs - parameters.
-    """
-    return float(2 * stats.norm.cdf(stats.t.ppf((1 + level) / 2, max(dof, 1))) - 1)
-
-
-def _quantiles(values: np.ndarray, level: float, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    tail = (1 - level) / 2
-    # inverted_cdf picks observed values, so infinite draws (an unreachable
-    # target) give an infinite bound instead of NaN from interpolation.
-    low = np.quantile(values, tail, axis=axis, method="inverted_cdf")
-    high = np.quantile(values, 1 - tail, axis=axis, method="inverted_cdf")
-    return low, high
 
 
 # --------------------------------------------------------------------------- one curve
 
 
-def _fit_one(model: FitModel, n: np.ndarray, y: np.ndarray, scale: ErrorScale,
-             config: FitConfig, rng: np.random.Generator, grid: np.ndarray) -> dict:
-    """Point fit, bootstrap intervals, held-out error and predictions of one model on one curve.
+def _notes(points: CurvePoints) -> list[str]:
+    notes = []
+    if not points.known:
+        notes.append(f"no {BACKBONE_COLUMN}: the runs of one size are taken as one pretraining run")
+    single = int((points.per_size < 2).sum())
+    if single:
+        notes.append(f"{single} of {len(points.per_size)} sizes have one pretraining run: the interval rests "
+                     f"on {len(points.y)} backbone means (wide) and lack of fit cannot be told from "
+                     "run-to-run noise there; more pretraining runs per size would narrow it")
+    return notes
 
-    Time: a few batched array passes (well under a second for 1000 resamples
-    of 100 runs). Memory: bootstrap x max(runs x 200, len(grid)) floats.
+
+def _fit_one(model: FitModel, points: CurvePoints, scale: ErrorScale, value_range: tuple[float, float],
+             config: FitConfig, rng: np.random.Generator, grid: np.ndarray) -> dict:
+    """Point fit, intervals, criteria and predictions of one model on one curve's backbone means.
+
+    Time: closed forms for linear models; for the others a few batched array
+    passes (well under a second for 1000 resamples). Memory: bootstrap x
+    max(points x 200, len(grid)) floats.
     """
+    n, y = points.n, points.y
+    n_params = len(model.param_names)
+    dof = len(y) - n_params
+    if dof < 1:
+        raise ValueError(f"{len(y)} pretraining runs leave no degree of freedom for {n_params} parameters")
     params = model.fit(n[None], y[None], scale)[0]
     fitted = model.predict(params, n, scale)
     residuals = y - fitted
     rss, tss = float(residuals @ residuals), float(((y - y.mean()) ** 2).sum())
-    kind, n_star, y_star = bootstrap_draws(n, y, config.bootstrap, rng)
-    usable = _distinct_per_row(n_star) >= model.min_sizes
-    if usable.sum() < 50:
-        raise ValueError(f"only {usable.sum()} of {config.bootstrap} bootstrap resamples had enough sizes")
-    boot = model.fit(n_star[usable], y_star[usable], scale)
-    level = expanded_level(config.ci_level, len(y) - len(params))
-    low, high = _quantiles(boot, level)
-    row = {"model": model.name, "n_runs": len(y), "n_sizes": len(np.unique(n)),
+    # A new run's scatter about the curve: its backbone's (the residual variance of
+    # backbone means holds 1/m of the fine-tuning variance) plus the rest of its own.
+    own = points.within_var * (1 - float(np.mean(1 / points.seeds))) if np.isfinite(points.within_var) else 0.0
+    level = config.ci_level
+    if model.design is not None:
+        design = model.design(n)
+        cov = rss / dof * np.linalg.inv(design.T @ design)
+        quantile = float(stats.t.ppf((1 + level) / 2, dof))
+        half = quantile * np.sqrt(np.diag(cov))
+        low, high = params - half, params + half
+        at_grid = model.design(grid)
+        curve = at_grid @ params
+        band_half = quantile * np.sqrt(np.einsum("gi,ij,gj->g", at_grid, cov, at_grid))
+        band = (curve - band_half, curve + band_half)
+        kind, draw_level, draws = "t", level, None
+        if config.target is not None:  # parameters drawn from their multivariate t, for the inverse
+            z = rng.standard_normal((config.bootstrap, n_params)) @ np.linalg.cholesky(cov).T
+            draws = params + z * np.sqrt(dof / rng.chisquare(dof, config.bootstrap))[:, None]
+    else:
+        kind, n_star, y_star = bootstrap_draws(n, y, config.bootstrap, rng)
+        usable = distinct_per_row(n_star) >= model.min_sizes
+        if usable.sum() < 50:
+            raise ValueError(f"only {usable.sum()} of {config.bootstrap} bootstrap resamples had enough sizes")
+        draws = model.fit(n_star[usable], y_star[usable], scale)
+        draw_level = expanded_level(level, dof)
+        low, high = quantiles(draws, draw_level)
+        curve = model.predict(params, grid, scale)
+        band = quantiles(model.predict(draws, grid, scale), draw_level)
+    lo, hi = value_range
+    clipped = [np.clip(curve, lo, hi), np.clip(band[0], lo, hi), np.clip(band[1], lo, hi)]
+    row = {"model": model.name, "n_runs": len(points.of_run), "n_backbones": len(y),
+           "n_sizes": len(points.per_size), "min_backbones_per_size": int(points.per_size.min()),
            "min_images": float(n.min()), "max_images": float(n.max()),
-           "bootstrap_kind": kind, "bootstrap_used": len(boot), "ci_level": config.ci_level}
+           "interval_kind": kind, "interval_dof": dof,
+           "bootstrap_used": 0 if draws is None else len(draws), "ci_level": level}
     for i, name in enumerate(model.param_names):
         row.update({name: float(params[i]), f"{name}_low": float(low[i]), f"{name}_high": float(high[i])})
     if model.derived is not None:
         row.update(model.derived(params, low, high, scale))
-    row.update(r2=1 - rss / tss, rmse=math.sqrt(rss / len(y)),
-               aic=len(y) * math.log(max(rss, 1e-300) / len(y)) + 2 * (len(params) + 1),
-               heldout_error=_heldout_error(model, n, y, scale))
-    band_low, band_high = _quantiles(model.predict(boot, grid, scale), level)
-    row["_curve"] = (model.predict(params, grid, scale), band_low, band_high)
-    row["_fitted"] = fitted
-    row.update(_predictions(model, params, boot, residuals, scale, level, config, rng))
+    row.update(r2=1 - rss / tss if tss > 0 else math.nan, rmse=math.sqrt(rss / len(y)),
+               aicc=aicc(model, params, points, scale),
+               heldout_error=_heldout_error(model, points, scale, value_range),
+               **lack_of_fit(points, fitted, n_params))
+    row["_curve"] = tuple(clipped)
+    row["_fitted"] = np.clip(fitted[points.of_run], lo, hi)
+    predictions, was_clipped = _predictions(model, params, draws, residuals, own, scale, value_range,
+                                            draw_level, config, rng, cov if model.design is not None else None)
+    row.update(predictions)
+    notes = _notes(points)
+    if was_clipped or any((c != u).any() for c, u in zip(clipped, (curve, *band))):
+        notes.append(f"predictions clipped to the metric's range [{lo:g}, {hi:g}]")
+    row["note"] = "; ".join(notes)
     return row
 
 
-def fit_curve(n, y, model: str = "loglinear", config: FitConfig | None = None, metric: str = "value") -> dict:
+def fit_curve(n, y, model: str = "loglinear", config: FitConfig | None = None, metric: str = "value",
+              pretrain_run=None) -> dict:
     """Fit one model to one curve: pretraining sizes ``n`` and metric values ``y`` (one per run).
 
-    Returns the fits.csv columns of that model as a dict (estimates, intervals,
-    r2, aic, held-out error, predictions). Raises DataError when the power law
-    does not apply to ``metric``'s values. Resampling is seeded by config.seed.
+    ``pretrain_run`` names each run's backbone (pretraining run); runs of one
+    backbone are averaged and intervals are over backbones. Without it the
+    runs of one size are taken as one backbone. Returns the fits.csv columns
+    of that model as a dict (estimates, intervals, r2, aicc, held-out error,
+    lack of fit, predictions). Raises DataError for NaN or infinite inputs,
+    too few sizes for the model (:attr:`FitModel.fit_sizes`) or a power law
+    on a metric it does not apply to. Random draws are seeded by config.seed.
     """
     config = config or FitConfig()
     n, y = np.asarray(n, dtype=float), np.asarray(y, dtype=float)
+    refuse_nonfinite(n, y, [f"row {i}" for i in range(len(n))])
     fit_model = FIT_MODELS[model]
-    scale, problem = error_scale(metric, y) if fit_model.needs_scale else (ErrorScale(None), "")
-    if len(np.unique(n)) <= len(fit_model.param_names) or np.ptp(y) == 0:
-        problem = f"{model} needs more than {len(fit_model.param_names)} data sizes and values that differ"
+    points = pretraining_points(n, y, pretrain_run)
+    scale, problem = _applies(fit_model, len(points.per_size), metric, y)
+    if not problem and np.ptp(y) == 0:
+        problem = f"all {len(y)} values equal {y[0]:g}: nothing to fit"
     if problem:
         raise DataError(problem)
     grid = np.geomspace(n.min(), max(n.max(), config.predict_images or 0), config.curve_points)
-    row = _fit_one(fit_model, n, y, scale, config, np.random.default_rng(config.seed), grid)
+    row = _fit_one(fit_model, points, scale, metric_range(metric, y), config,
+                   np.random.default_rng(config.seed), grid)
     return {k: v for k, v in row.items() if not k.startswith("_")}
 
 
-def _heldout_error(model: FitModel, n: np.ndarray, y: np.ndarray, scale: ErrorScale) -> float:
-    """|mean value at the largest size - prediction from a fit on the smaller sizes|."""
-    largest = n.max()
-    train = n < largest
-    if len(np.unique(n[train])) < model.min_sizes:
+def _applies(model: FitModel, n_sizes: int, metric: str, y: np.ndarray) -> tuple[ErrorScale, str]:
+    """(error scale, "") when ``model`` may be fitted to this curve, else (None, why not)."""
+    scale, problem = error_scale(metric, y) if model.needs_scale else (ErrorScale(None), "")
+    if not problem and n_sizes < model.fit_sizes:
+        problem = (f"{model.name} ({len(model.param_names)} parameters) is fitted only on at least "
+                   f"{model.fit_sizes} data sizes; this curve has {n_sizes}")
+    return scale, problem
+
+
+def _heldout_error(model: FitModel, points: CurvePoints, scale: ErrorScale,
+                   value_range: tuple[float, float]) -> float:
+    """|mean at the largest size - prediction from a fit on the smaller sizes| (backbone means)."""
+    largest = points.n.max()
+    train = points.n < largest
+    if len(np.unique(points.n[train])) < model.min_sizes:
         return math.nan
-    params = model.fit(n[train][None], y[train][None], scale)[0]
-    return float(abs(y[~train].mean() - model.predict(params, np.array([largest]), scale)[0]))
+    params = model.fit(points.n[train][None], points.y[train][None], scale)[0]
+    predicted = np.clip(model.predict(params, np.array([largest]), scale)[0], *value_range)
+    return float(abs(points.y[~train].mean() - predicted))
 
 
-def _predictions(model: FitModel, params: np.ndarray, boot: np.ndarray, residuals: np.ndarray,
-                 scale: ErrorScale, level: float, config: FitConfig, rng: np.random.Generator) -> dict:
+def _predictions(model: FitModel, params: np.ndarray, draws: np.ndarray | None, residuals: np.ndarray,
+                 own_var: float, scale: ErrorScale, value_range: tuple[float, float], level: float,
+                 config: FitConfig, rng: np.random.Generator, cov: np.ndarray | None) -> tuple[dict, bool]:
+    """--predict / --target columns, and whether a prediction was clipped to the metric's range."""
     out: dict = {}
+    clipped = False
+    lo, hi = value_range
+    dof = len(residuals) - len(params)
     if config.predict_images is not None:
         at = np.array([config.predict_images])
-        # A prediction interval for one new run: the fit's uncertainty plus a
-        # run's scatter (residuals rescaled for the fitted parameters' degrees of freedom).
-        dof = max(len(residuals) - len(params), 1)
-        noise = rng.choice(residuals - residuals.mean(), size=len(boot)) * math.sqrt(len(residuals) / dof)
-        low, high = _quantiles(model.predict(boot, at, scale)[:, 0] + noise, level)
-        out.update(predict_images=config.predict_images, predicted=float(model.predict(params, at, scale)[0]),
-                   predicted_low=float(low), predicted_high=float(high))
+        predicted = float(model.predict(params, at, scale)[0])
+        # A prediction interval for one new run: the fit's uncertainty plus a new
+        # backbone's scatter (the residuals) plus its own fine-tuning noise.
+        if cov is not None:
+            x = model.design(at)[0]
+            half = stats.t.ppf((1 + level) / 2, dof) * math.sqrt(x @ cov @ x + residuals @ residuals / dof
+                                                                  + own_var)
+            low, high = predicted - half, predicted + half
+        else:
+            noise = (rng.choice(residuals - residuals.mean(), size=len(draws)) * math.sqrt(len(residuals) / dof)
+                     + rng.normal(0, math.sqrt(own_var), len(draws)))
+            low, high = quantiles(model.predict(draws, at, scale)[:, 0] + noise, level)
+        values = [predicted, float(low), float(high)]
+        bounded = [float(np.clip(v, lo, hi)) for v in values]
+        clipped = bounded != values
+        out.update(predict_images=config.predict_images, predicted=bounded[0],
+                   predicted_low=bounded[1], predicted_high=bounded[2])
     if config.target is not None:
-        low, high = _quantiles(model.inverse(boot, config.target, scale), level)
-        out.update(target=config.target, images_for_target=float(model.inverse(params, config.target, scale)[0]),
+        if lo <= config.target <= hi:
+            needed = float(model.inverse(params, config.target, scale)[0])
+            low, high = quantiles(model.inverse(draws, config.target, scale), level)
+        else:  # the metric cannot take that value
+            needed = low = high = math.inf
+        out.update(target=config.target, images_for_target=needed,
                    images_for_target_low=float(low), images_for_target_high=float(high))
-    return out
+    return out, clipped
 
 
 # --------------------------------------------------------------------------- a results table
@@ -227,24 +279,27 @@ def _fit_group(key: dict, group: pd.DataFrame, config: FitConfig) -> tuple[list[
                      for c in SAME_ALONG_CURVE if c in group and group[c].nunique() > 1)
     if note:
         log.warning("%s: %s", key, note)
+    backbones = group[BACKBONE_COLUMN].to_numpy(dtype=object) if BACKBONE_COLUMN in group else None
+    points = pretraining_points(n, y, backbones)
+    metric = str(key.get("metric"))
+    value_range = metric_range(metric, y)
     grid = np.geomspace(n.min(), max(n.max(), config.predict_images or 0), config.curve_points)
     # A seed per curve from its key, so a curve's intervals do not change when others are added.
     rng = np.random.default_rng([config.seed, zlib.crc32(repr(sorted(key.items())).encode())])
     rows, excluded = [], []
     for name in config.models:
         model = FIT_MODELS[name]
-        scale, problem = error_scale(str(key.get("metric")), y) if model.needs_scale else (ErrorScale(None), "")
-        if not problem and len(sizes) <= len(model.param_names):
-            problem = f"{len(model.param_names)} parameters need more than {len(sizes)} data sizes"
+        scale, problem = _applies(model, len(sizes), metric, y)
         if problem:
             excluded.append({**key, "model": name, "reason": problem})
             continue
         try:
-            row = _fit_one(model, n, y, scale, config, rng, grid)
+            row = _fit_one(model, points, scale, value_range, config, rng, grid)
         except (ValueError, FloatingPointError, np.linalg.LinAlgError) as exc:
             excluded.append({**key, "model": name, "reason": f"fit failed: {exc}"})
             continue
-        rows.append({**key, **row, "note": note, "_grid": grid, "_group": group})
+        row["note"] = "; ".join(part for part in (note, row["note"]) if part)
+        rows.append({**key, **row, "_grid": grid, "_group": group})
     _choose(rows, config.choose_by)
     return rows, excluded
 
@@ -252,25 +307,31 @@ def _fit_group(key: dict, group: pd.DataFrame, config: FitConfig) -> tuple[list[
 def _choose(rows: list[dict], choose_by: str) -> None:
     """Mark one row of a curve ``chosen``.
 
-    "heldout" / "aic": the smallest held-out error / AIC. "both" (default):
+    "heldout" / "aicc": the smallest held-out error / AICc. "both" (default):
     start from the model with the fewest parameters and move to a larger one
-    only if it is better on both criteria, because with four sizes either
+    only if it is better on both criteria, because with few sizes either
     criterion alone rests on very few points. Where a held-out error is
-    missing (too few sizes to refit without the largest), AIC decides.
+    missing (too few sizes to refit without the largest), AICc decides; where
+    an AICc is undefined (n_backbones <= parameters + 2) no criterion compares
+    the models and the one with the fewest parameters is kept ("fewest parameters").
     """
     if not rows:
         return
-    criterion = choose_by
-    if criterion != "aic" and any(math.isnan(r["heldout_error"]) for r in rows):
-        criterion = "aic"
     order = sorted(range(len(rows)), key=lambda i: len(FIT_MODELS[rows[i]["model"]].param_names))
+    criterion = choose_by
+    if criterion != "aicc" and any(math.isnan(r["heldout_error"]) for r in rows):
+        criterion = "aicc"
+    if criterion != "heldout" and any(math.isnan(r["aicc"]) for r in rows):
+        criterion = "fewest parameters"
     if criterion == "both":
         best = order[0]
         for i in order[1:]:
-            if rows[i]["heldout_error"] < rows[best]["heldout_error"] and rows[i]["aic"] < rows[best]["aic"]:
+            if rows[i]["heldout_error"] < rows[best]["heldout_error"] and rows[i]["aicc"] < rows[best]["aicc"]:
                 best = i
+    elif criterion == "fewest parameters":
+        best = order[0]
     else:
-        column = "heldout_error" if criterion == "heldout" else "aic"
+        column = "heldout_error" if criterion == "heldout" else "aicc"
         best = min(order, key=lambda i: rows[i][column])
     for i, row in enumerate(rows):
         row["chosen"] = i == best
@@ -295,6 +356,8 @@ def fit_table(results: pd.DataFrame, config: FitConfig | None = None, progress: 
         raise DataError("the results table has no rows: every run was excluded at collection "
                         "(see excluded.csv beside it) or none has finished yet")
     on_axis = results["subset_images"].notna() & (results["subset_images"].fillna(0) > 0)
+    refuse_nonfinite(np.ones(len(results)), results["value"].to_numpy(dtype=float, na_value=np.nan),
+                     _row_names(results))
     excluded = [{**dict(zip(keys, k)), "model": "", "reason": f"{len(g)} row(s) without a positive "
                  "subset_images (e.g. random-init baselines): not on the data-size axis"}
                 for k, g in results[~on_axis].groupby(keys, dropna=False, sort=True)]
@@ -305,6 +368,12 @@ def fit_table(results: pd.DataFrame, config: FitConfig | None = None, progress: 
         rows.extend(group_rows)
         excluded.extend(group_excluded)
     return _assemble(rows, excluded, keys)
+
+
+def _row_names(results: pd.DataFrame) -> list[str]:
+    """run_dir [test_set/metric] of each row, for error messages."""
+    return [f"{run} [{test_set}/{metric}]" for run, test_set, metric
+            in zip(results["run_dir"], results["test_set"], results["metric"])]
 
 
 def _assemble(rows: list[dict], excluded: list[dict], keys: list[str]) -> FitOutput:
@@ -319,6 +388,8 @@ def _assemble(rows: list[dict], excluded: list[dict], keys: list[str]) -> FitOut
         fitted_runs = row.pop("_fitted")
         points.append(pd.DataFrame({**base, "subset_images": group["subset_images"].to_numpy(dtype=float),
                                     "seed": group["seed"].to_numpy(), "run_dir": group["run_dir"].to_numpy(),
+                                    BACKBONE_COLUMN: (group[BACKBONE_COLUMN].to_numpy() if BACKBONE_COLUMN in group
+                                                      else None),
                                     "value": values, "fitted": fitted_runs, "residual": values - fitted_runs}))
     fits = pd.DataFrame(rows)
     if not fits.empty:

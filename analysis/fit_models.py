@@ -6,6 +6,12 @@
   scaling work, fitted on the error (1 - y for metrics in [0, 1], 100 - y for
   percentages, y itself for losses) with bounds c >= 0, k >= 0, alpha in [1e-3, 3].
 
+Which model may be fitted on how many data sizes is :attr:`FitModel.fit_sizes`
+(docs/uncertainty.md): the log-linear baseline from 3 sizes, a model with k
+parameters from k + 3 sizes (the power law: 6), the fewest for which its
+AICc (k + 1 parameters with the noise variance) is defined with one
+pretraining run per size and the held-out refit keeps two spare sizes.
+
 A new family is a :class:`FitModel` added to the registry; every function
 works on batches (one row per bootstrap resample) so uncertainty is cheap.
 """
@@ -32,6 +38,19 @@ class ErrorScale:
 
     def from_error(self, err):
         return err if self.bound is None else self.bound - err
+
+
+def metric_range(metric: str, values: np.ndarray) -> tuple[float, float]:
+    """The values a metric can take: [0, 1] or [0, 100] for bounded ones, [0, inf) for losses.
+
+    Uses :func:`error_scale`'s reading of the metric (its name and observed
+    values); a metric it cannot place (e.g. negative values) is unbounded.
+    Predictions and interval ends of every model are clipped to this range.
+    """
+    scale, problem = error_scale(metric, values)
+    if problem:
+        return -np.inf, np.inf
+    return 0.0, np.inf if scale.bound is None else scale.bound
 
 
 def error_scale(metric: str, values: np.ndarray) -> tuple[ErrorScale | None, str]:
@@ -61,7 +80,12 @@ class FitModel:
     (D, G) or (G,); ``inverse(params, target, scale)`` -> N per row (inf when
     the target is never reached); ``min_sizes``: distinct sizes that determine
     the parameters; ``needs_scale``: fitted on the error, so the metric must
-    be bounded or a loss; ``derived(params, low, high, scale)`` -> extra columns.
+    be bounded or a loss; ``derived(params, low, high, scale)`` -> extra
+    columns, named in ``derived_names`` (each with ``_low`` / ``_high``);
+    ``fit_sizes``: distinct data sizes a curve needs before the model is
+    fitted at all (and so can be chosen); ``design(n)`` -> (len(n), p): the
+    design matrix of a model that is linear in its parameters, which then
+    gets exact t intervals instead of a bootstrap.
     """
 
     name: str
@@ -70,8 +94,11 @@ class FitModel:
     fit: Callable[[np.ndarray, np.ndarray, ErrorScale], np.ndarray]
     predict: Callable[[np.ndarray, np.ndarray, ErrorScale], np.ndarray]
     inverse: Callable[[np.ndarray, float, ErrorScale], np.ndarray]
+    fit_sizes: int = 3
     needs_scale: bool = False
     derived: Callable[..., dict] | None = None
+    derived_names: tuple[str, ...] = ()
+    design: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 def _columns(params: np.ndarray) -> list[np.ndarray]:
@@ -86,6 +113,11 @@ def _loglinear_fit(n, y, scale=None):
     y_mean = y.mean(axis=1)
     slope = (x_centered * y).sum(axis=1) / (x_centered ** 2).sum(axis=1)
     return np.column_stack([y_mean - slope * x.mean(axis=1), slope])
+
+
+def _loglinear_design(n):
+    n = np.asarray(n, dtype=float)
+    return np.column_stack([np.ones_like(n), np.log10(n)])
 
 
 def _loglinear_predict(params, n, scale=None):
@@ -174,8 +206,9 @@ def _powerlaw_limit(params, low, high, scale):
 
 FIT_MODELS: dict[str, FitModel] = {
     "loglinear": FitModel("loglinear", ("intercept", "slope_per_10x"), 2,
-                          _loglinear_fit, _loglinear_predict, _loglinear_inverse),
+                          _loglinear_fit, _loglinear_predict, _loglinear_inverse,
+                          fit_sizes=3, design=_loglinear_design),
     "powerlaw": FitModel("powerlaw", ("error_floor", "coefficient", "alpha"), 3,
-                         _powerlaw_fit, _powerlaw_predict, _powerlaw_inverse,
-                         needs_scale=True, derived=_powerlaw_limit),
+                         _powerlaw_fit, _powerlaw_predict, _powerlaw_inverse, fit_sizes=6,
+                         needs_scale=True, derived=_powerlaw_limit, derived_names=("limit",)),
 }

@@ -55,7 +55,9 @@ def fits_summary(fits: pd.DataFrame) -> pd.DataFrame:
                     f"slope per 10x [{level}% CI]": _interval(row, "slope_per_10x"),
                     "limit (N→∞)": _interval(row, "limit"), "alpha": _interval(row, "alpha"),
                     "R²": _number(row["r2"]), "held-out err": _number(row["heldout_error"]),
-                    "AIC": _number(row["aic"], 4), "runs": int(row["n_runs"]), "sizes": int(row["n_sizes"])})
+                    "AICc": _number(row["aicc"], 4), "lack of fit p": _number(row["lack_of_fit_p"]),
+                    "runs": int(row["n_runs"]), "pretraining runs": int(row["n_backbones"]),
+                    "sizes": int(row["n_sizes"])})
         if "predicted" in row and not pd.isna(row["predicted"]):
             out[f"at {_number(row['predict_images'])} images"] = _interval(row, "predicted")
         if "images_for_target" in row and not pd.isna(row["target"]):
@@ -67,6 +69,20 @@ def fits_summary(fits: pd.DataFrame) -> pd.DataFrame:
             out["note"] = row["note"]
         rows.append(out)
     return pd.DataFrame(rows).fillna("")
+
+
+def _replication_advice(fits: pd.DataFrame) -> list[str]:
+    """A paragraph for curves resting on one pretraining run per size (or on unnamed backbones)."""
+    if fits.empty or "min_backbones_per_size" not in fits:
+        return []
+    single = fits[(fits["model"] == fits["model"].iloc[0]) & (fits["min_backbones_per_size"] < 2)]
+    if single.empty:
+        return []
+    return [f"**{len(single)} of {int((fits['model'] == fits['model'].iloc[0]).sum())} curves have a size with "
+            "a single pretraining run.** Their intervals come from the scatter of a handful of "
+            "backbone means about the curve (few degrees of freedom), so they are wide, and the "
+            "shape of the curve cannot be tested against run-to-run noise there. More pretraining "
+            "runs per size (two or more) would narrow the intervals and allow the lack-of-fit test.\n"]
 
 
 def text_table(frame: pd.DataFrame) -> str:
@@ -135,10 +151,15 @@ def write_report(results_dir: str | Path, figures: Sequence[str | Path] | None =
              "## Fits\n",
              "Log-linear: metric = a + b·log10(N), b is the gain per 10x pretraining images. "
              "Power law: error = c + k·N^-alpha, the limit is the metric at infinite data. "
-             "Intervals are bootstrap percentiles over seeds (or runs). `chosen`: the simpler model "
-             "unless the other is better both at predicting the largest size from the smaller ones "
-             "(held-out err) and by AIC.\n",
+             "Each pretraining run (backbone) is one point, the mean of the runs fine-tuned from it, "
+             "and intervals are over pretraining runs, so they hold both pretraining and fine-tuning "
+             "variance: t intervals for the log-linear fit, a bootstrap over backbones for the power "
+             "law (docs/uncertainty.md). `chosen`: the simpler model unless the other is better both at "
+             "predicting the largest size from the smaller ones (held-out err) and by AICc on the "
+             "backbone means; the power law is fitted only on 6 or more sizes. `lack of fit p`: pure-error F test "
+             "of the curve's shape, possible where a size has two or more pretraining runs.\n",
              markdown_table(fits_summary(fits.fits))]
+    parts += _replication_advice(fits.fits)
     if figures:
         parts.append("## Figures\n")
         for figure in figures:

@@ -132,8 +132,25 @@ def _lineage_columns(record: dict) -> tuple[dict, str]:
                 columns[key] = int(value)
             else:
                 return {}, f"lineage {key} must be an integer, got {value!r}"
+    if columns.get("pretrain_run") is None:
+        columns["pretrain_run"] = _backbone_id(lineage)
     columns["stage"] = record.get("stage")
     return columns, ""
+
+
+def _backbone_id(lineage: dict) -> str | None:
+    """The backbone a run was fine-tuned from when lineage names no ``pretrain_run``.
+
+    ``datascale finetune`` records the weights it loaded (``backbone``, its
+    ``backbone_sha256``); the hash identifies the pretraining run even when
+    the file was copied, the path when no hash was kept. Random-init runs
+    have neither: None. Fits average the runs of one backbone (analysis.fit).
+    """
+    digest = lineage.get("backbone_sha256")
+    if digest:
+        return f"sha256:{digest}"
+    path = lineage.get("backbone")
+    return str(path) if path else None
 
 
 def read_run(run_dir: Path, record: dict | None, problem: str, out: Collection) -> None:
@@ -167,6 +184,8 @@ def read_run(run_dir: Path, record: dict | None, problem: str, out: Collection) 
         return
     steps = columns.get("steps") if columns.get("steps") is not None else metrics.get("steps")
     base = {**columns, "task": task, "steps": steps, "run_dir": str(run_dir)}
+    if base.get("pretrain_run") is None and base.get("stage") == "pretrain":
+        base["pretrain_run"] = str(run_dir)  # a pretraining run's own metrics: it is the backbone
     _add_metric_rows(run_dir, metrics["metrics"], base, out)
 
 

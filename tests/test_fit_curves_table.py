@@ -36,13 +36,14 @@ def test_each_mode_and_architecture_is_its_own_curve():
     assert sorted(map(tuple, curves.values)) == [("finetune", "resnet101"), ("finetune", "resnet50"),
                                                  ("frozen", "resnet50")]
     assert (output.fits.groupby(["mode", "arch"])["chosen"].sum() == 1).all()
-    assert len(output.points) == 2 * 3 * len(SIZES) * 2  # every run once per model
+    # Four sizes: only the log-linear model is fitted (the power law needs six), every run once.
+    assert len(output.points) == 3 * len(SIZES) * 2
 
 
 def test_runs_without_an_architecture_are_not_mixed_into_other_curves():
     rows = _rows() + _rows(arch=None)
     output = _fit(rows)
-    assert output.fits["arch"].isna().sum() == 2  # its own curve (two models), not dropped or merged
+    assert output.fits["arch"].isna().sum() == 1  # its own curve, not dropped or merged
     assert (output.fits.loc[output.fits["arch"] == "resnet50", "n_runs"] == len(SIZES) * 2).all()
 
 
@@ -54,10 +55,12 @@ def test_too_few_sizes_and_constant_values_are_reported_not_fitted():
     assert "all 8 values equal 0.25" in reasons["frozen"]
 
 
-def test_three_sizes_fit_the_line_but_not_the_three_parameter_power_law():
-    output = _fit(_rows(sizes=SIZES[:3]))
+@pytest.mark.parametrize("n_sizes", [3, 4, 5])
+def test_fewer_than_six_sizes_fit_the_line_but_not_the_three_parameter_power_law(n_sizes):
+    output = _fit(_rows(sizes=np.geomspace(1e7, 3e8, n_sizes).astype(int)))
     assert list(output.fits["model"]) == ["loglinear"] and output.fits["chosen"].all()
-    assert "more than 3 data sizes" in output.excluded.iloc[0]["reason"]
+    assert output.fits["chosen_by"].iloc[0] == "only model"
+    assert f"fitted only on at least 6 data sizes; this curve has {n_sizes}" in output.excluded.iloc[0]["reason"]
     assert output.excluded.iloc[0]["model"] == "powerlaw"
 
 
@@ -97,9 +100,10 @@ def test_cli_fit_writes_files_prints_the_table_and_skips_when_up_to_date(results
             "--target", "0.3", "--set", "bootstrap=200"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "slope per 10x [95% CI]" in printed and "at 1e+09 images" in printed and "not fitted (1)" in printed
+    # Not fitted: the random-init run, and the power law of each of the 4 curves (4 sizes < 6).
+    assert "slope per 10x [95% CI]" in printed and "at 1e+09 images" in printed and "not fitted (5)" in printed
     fits = pd.read_csv(results_dir / "fits.csv")
-    assert len(fits) == 2 * 2 * 2  # modes x test sets x models
+    assert len(fits) == 2 * 2  # modes x test sets, log-linear only
     assert (fits.groupby(["mode", "test_set"])["chosen"].sum() == 1).all()
     assert fits["predict_images"].eq(1e9).all() and fits["target"].eq(0.3).all()
     record = yaml.safe_load((results_dir / "fit.yaml").read_text())

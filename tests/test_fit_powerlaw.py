@@ -50,21 +50,31 @@ def test_saturating_data_choose_the_power_law_and_straight_data_the_line():
     rng = np.random.default_rng(2)
     config = FitConfig(bootstrap=200)
     saturating = _saturating(SIZES, rng)
-    rows = [fit_curve(SIZES, saturating, name, config, metric="mIoU") for name in ("loglinear", "powerlaw")]
+    independent = np.arange(len(SIZES))  # the simulated noise is per run: each run its own pretraining run
+    rows = [fit_curve(SIZES, saturating, name, config, metric="mIoU", pretrain_run=independent)
+            for name in ("loglinear", "powerlaw")]
     _choose(rows, "both")
     assert [r["model"] for r in rows if r["chosen"]] == ["powerlaw"]
-    assert rows[1]["heldout_error"] < rows[0]["heldout_error"] and rows[1]["aic"] < rows[0]["aic"]
+    assert rows[1]["heldout_error"] < rows[0]["heldout_error"] and rows[1]["aicc"] < rows[0]["aicc"]
     straight = 0.2 + 0.03 * np.log10(SIZES) + rng.normal(0, NOISE, len(SIZES))
-    rows = [fit_curve(SIZES, straight, name, config, metric="AP") for name in ("loglinear", "powerlaw")]
+    rows = [fit_curve(SIZES, straight, name, config, metric="AP", pretrain_run=independent)
+            for name in ("loglinear", "powerlaw")]
     _choose(rows, "both")
     assert [r["model"] for r in rows if r["chosen"]] == ["loglinear"]
 
 
-def test_choice_falls_back_to_aic_without_a_heldout_error():
-    rows = [{"model": "loglinear", "heldout_error": 0.01, "aic": -10.0},
-            {"model": "powerlaw", "heldout_error": float("nan"), "aic": -20.0}]
+def test_choice_falls_back_to_aicc_without_a_heldout_error():
+    rows = [{"model": "loglinear", "heldout_error": 0.01, "aicc": -10.0},
+            {"model": "powerlaw", "heldout_error": float("nan"), "aicc": -20.0}]
     _choose(rows, "heldout")
-    assert [r["chosen"] for r in rows] == [False, True] and rows[0]["chosen_by"] == "aic"
+    assert [r["chosen"] for r in rows] == [False, True] and rows[0]["chosen_by"] == "aicc"
+
+
+def test_without_a_defined_aicc_the_model_with_fewer_parameters_is_kept():
+    rows = [{"model": "loglinear", "heldout_error": 0.01, "aicc": -10.0},
+            {"model": "powerlaw", "heldout_error": 0.001, "aicc": float("nan")}]
+    _choose(rows, "both")
+    assert [r["chosen"] for r in rows] == [True, False] and rows[0]["chosen_by"] == "fewest parameters"
 
 
 def test_extrapolation_interval_and_data_needed_for_a_target():
