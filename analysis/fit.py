@@ -50,6 +50,7 @@ CURVE_KEYS = ["task", "metric", "test_set", "mode", "arch", "init"]
 # Columns that should be constant along one curve (rule 3: same compute for every size).
 SAME_ALONG_CURVE = ("steps", "num_classes")
 BACKBONE_COLUMN = "pretrain_run"
+CONVERGED_COLUMN = "pretrain_converged"
 
 
 def _estimate_columns() -> list[str]:
@@ -64,7 +65,8 @@ FIT_COLUMNS = (["model", "chosen", "chosen_by", "n_runs", "n_backbones", "n_size
                + ["r2", "rmse", "aicc", "heldout_error", "lack_of_fit_f", "lack_of_fit_p", "lack_of_fit_dof",
                   "pure_error_dof", "ci_level", "interval_kind", "interval_dof", "bootstrap_used",
                   "predict_images", "predicted", "predicted_low", "predicted_high", "target",
-                  "images_for_target", "images_for_target_low", "images_for_target_high", "note"])
+                  "images_for_target", "images_for_target_low", "images_for_target_high",
+                  "largest_converged", "note"])
 FIT_FILES = {"fits": "fits.csv", "curves": "fit_curves.csv", "points": "fit_points.csv",
              "excluded": "fit_excluded.csv"}
 
@@ -275,8 +277,10 @@ def _fit_group(key: dict, group: pd.DataFrame, config: FitConfig) -> tuple[list[
                      f"a curve needs at least {config.min_sizes}"}]
     if np.ptp(y) == 0:
         return [], [{**key, "model": "", "reason": f"all {len(y)} values equal {y[0]:g}: nothing to fit"}]
-    note = "; ".join(f"{c} differs along the curve ({', '.join(map(str, group[c].dropna().unique()))})"
-                     for c in SAME_ALONG_CURVE if c in group and group[c].nunique() > 1)
+    note = "; ".join([f"{c} differs along the curve ({', '.join(map(str, group[c].dropna().unique()))})"
+                      for c in SAME_ALONG_CURVE if c in group and group[c].nunique() > 1]
+                     + [_convergence_note(group, n)])
+    converged = _largest_converged(group, n)
     if note:
         log.warning("%s: %s", key, note)
     backbones = group[BACKBONE_COLUMN].to_numpy(dtype=object) if BACKBONE_COLUMN in group else None
@@ -299,9 +303,27 @@ def _fit_group(key: dict, group: pd.DataFrame, config: FitConfig) -> tuple[list[
             excluded.append({**key, "model": name, "reason": f"fit failed: {exc}"})
             continue
         row["note"] = "; ".join(part for part in (note, row["note"]) if part)
-        rows.append({**key, **row, "_grid": grid, "_group": group})
+        rows.append({**key, **row, "largest_converged": converged, "_grid": grid, "_group": group})
     _choose(rows, config.choose_by)
     return rows, excluded
+
+
+def _largest_converged(group: pd.DataFrame, n: np.ndarray):
+    """Whether every backbone at the largest size had converged (None: not recorded)."""
+    if CONVERGED_COLUMN not in group:
+        return None
+    values = group.loc[n == n.max(), CONVERGED_COLUMN].dropna()
+    return None if values.empty else bool(values.all())
+
+
+def _convergence_note(group: pd.DataFrame, n: np.ndarray) -> str:
+    """A curve whose largest size measures an unfinished pretraining says so."""
+    if _largest_converged(group, n) is not False:
+        return ""
+    gain = group.loc[n == n.max(), "pretrain_map_gain"].dropna() if "pretrain_map_gain" in group else []
+    more = f" (mAP@100 still rising: +{float(max(gain)):.3f} over 25% more steps)" if len(gain) else ""
+    return (f"the largest size's pretraining had not converged{more}; its point, and the slope, "
+            "measure an unfinished run")
 
 
 def _choose(rows: list[dict], choose_by: str) -> None:

@@ -85,6 +85,47 @@ def _replication_advice(fits: pd.DataFrame) -> list[str]:
             "runs per size (two or more) would narrow the intervals and allow the lack-of-fit test.\n"]
 
 
+def pretraining_budget(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per pretraining run: its subset, passes over it, mAP@100 (annotated classes and
+    all levels) and whether it had converged (design rule 3: compute is a stated axis)."""
+    if "stage" not in results or results.empty:
+        return pd.DataFrame()
+    rows = results[results["stage"] == "pretrain"]
+    if rows.empty:
+        return pd.DataFrame()
+    table = rows.pivot_table(index=["subset_images", "run_dir"], columns="metric", values="value",
+                             aggfunc="first").reset_index()
+    info = rows.drop_duplicates("run_dir").set_index("run_dir")
+    table["passes"] = table["run_dir"].map(info["pretrain_passes"]).round(1)
+    table["converged"] = table["run_dir"].map(
+        info["pretrain_converged"].map(lambda v: "not recorded" if pd.isna(v) else ("yes" if v else "no")))
+    table["mAP@100 still to gain"] = table["run_dir"].map(info["pretrain_map_gain"]).round(4)
+    table["run"] = table["run_dir"].map(lambda p: Path(str(p)).name)
+    metrics = [c for c in table.columns if str(c).startswith("mAP@")]
+    return table[["run", "subset_images", "passes", *metrics, "converged", "mAP@100 still to gain"]] \
+        .sort_values("subset_images")
+
+
+def _budget_section(results: pd.DataFrame, fits: pd.DataFrame) -> list[str]:
+    table = pretraining_budget(results)
+    if table.empty:
+        return []
+    parts = ["## Pretraining budget\n",
+             "Every subset trains for the same steps (the paper's subset study), so small subsets are "
+             "seen many times. `mAP@100` averages the eval set's annotated (leaf) classes, "
+             "`mAP@100_all_levels` every class after hierarchy closure. `converged`: 25% more steps at "
+             "the rate of the last quarter would add under 2% of the final mAP@100.\n",
+             markdown_table(table)]
+    unfinished = (fits["largest_converged"].astype(str).str.lower() == "false") if "largest_converged" in fits \
+        else pd.Series(False, index=fits.index)
+    if unfinished.any():
+        curves = fits[unfinished & fits["chosen"].astype(bool)]
+        parts.append(f"**The largest subset's pretraining had not converged**: the top point of "
+                     f"{len(curves)} chosen curve(s) measures an unfinished run, so their slopes "
+                     "understate (or misstate) what the data buys. Train longer or say so.\n")
+    return parts
+
+
 def text_table(frame: pd.DataFrame) -> str:
     """A fixed-width table for the terminal."""
     return "(none)" if frame.empty else frame.to_string(index=False)
@@ -160,6 +201,7 @@ def write_report(results_dir: str | Path, figures: Sequence[str | Path] | None =
              "of the curve's shape, possible where a size has two or more pretraining runs.\n",
              markdown_table(fits_summary(fits.fits))]
     parts += _replication_advice(fits.fits)
+    parts += _budget_section(results, fits.fits)
     if figures:
         parts.append("## Figures\n")
         for figure in figures:

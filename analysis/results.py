@@ -44,8 +44,14 @@ LINEAGE_FILE = "collect.yaml"
 TEXT_COLUMNS = ("task", "metric", "test_set", "mode", "arch", "init", "subset_name",
                 "run_dir", "pretrain_run", "stage")
 INT_COLUMNS = ("subset_images", "num_classes", "steps", "seed")
+# The pretraining budget of the backbone (passes over its subset, mAP@100 still to gain, converged).
+FLOAT_COLUMNS = ("pretrain_passes", "pretrain_map_gain")
+BOOL_COLUMNS = ("pretrain_converged",)
 COLUMNS = ("task", "metric", "test_set", "value", "mode", "arch", "init", "subset_name",
-           "subset_images", "num_classes", "steps", "seed", "run_dir", "pretrain_run", "stage")
+           "subset_images", "num_classes", "steps", "seed", "run_dir", "pretrain_run", "stage",
+           *FLOAT_COLUMNS, *BOOL_COLUMNS)
+# Columns a table written before they existed may lack (filled with nulls on reading).
+OPTIONAL_COLUMNS = FLOAT_COLUMNS + BOOL_COLUMNS
 EXCLUDED_COLUMNS = ("run_dir", "test_set", "metric", "reason")
 ROW_KEY = ["run_dir", "test_set", "metric"]
 # Without these a row cannot be placed on any curve; the rest may be null
@@ -124,7 +130,7 @@ def _lineage_columns(record: dict) -> tuple[dict, str]:
     missing = [k for k in REQUIRED_LINEAGE if lineage.get(k) is None]
     if missing:
         return {}, f"lineage lacks {', '.join(missing)}"
-    columns = {k: lineage.get(k) for k in TEXT_COLUMNS + INT_COLUMNS if k in lineage}
+    columns = {k: lineage.get(k) for k in TEXT_COLUMNS + INT_COLUMNS + OPTIONAL_COLUMNS if k in lineage}
     for key in INT_COLUMNS:
         value = columns.get(key)
         if value is not None and not (isinstance(value, int) and not isinstance(value, bool)):
@@ -184,8 +190,11 @@ def read_run(run_dir: Path, record: dict | None, problem: str, out: Collection) 
         return
     steps = columns.get("steps") if columns.get("steps") is not None else metrics.get("steps")
     base = {**columns, "task": task, "steps": steps, "run_dir": str(run_dir)}
-    if base.get("pretrain_run") is None and base.get("stage") == "pretrain":
-        base["pretrain_run"] = str(run_dir)  # a pretraining run's own metrics: it is the backbone
+    if base.get("stage") == "pretrain":
+        if base.get("pretrain_run") is None:
+            base["pretrain_run"] = str(run_dir)  # a pretraining run's own metrics: it is the backbone
+        budget = metrics.get("budget") if isinstance(metrics.get("budget"), dict) else {}
+        base.update({f"pretrain_{k}": budget.get(k) for k in ("passes", "map_gain", "converged")})
     _add_metric_rows(run_dir, metrics["metrics"], base, out)
 
 
@@ -228,6 +237,11 @@ def to_frame(rows: list[dict]) -> pd.DataFrame:
     for column in INT_COLUMNS:
         frame[column] = pd.array(frame[column].tolist(), dtype="Int64")
     frame["value"] = frame["value"].astype("float64")
+    for column in FLOAT_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
+    for column in BOOL_COLUMNS:
+        frame[column] = pd.array([None if v is None or v != v else bool(v) for v in frame[column]],
+                                 dtype="boolean")
     for column in TEXT_COLUMNS:
         frame[column] = frame[column].astype("string")
     return frame
@@ -242,6 +256,9 @@ def read_results(path: str | Path) -> pd.DataFrame:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise DataError(f"{path} is not a readable Parquet table: {exc}") from None
+    for column in OPTIONAL_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = pd.array([None] * len(frame), dtype="boolean" if column in BOOL_COLUMNS else "Float64")
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"{path} lacks columns {', '.join(missing)}; re-run `datascale results collect`")

@@ -10,7 +10,7 @@ from analysis.config import MODEL_CHOICE_RULE, FitConfig
 from analysis.fit import _choose, aicc, fit_curve, fit_table, pretraining_points
 from analysis.fit_models import FIT_MODELS, metric_range
 from datascale.errors import DataError
-from scaling.cli import main
+from datascale.cli import main
 from test_fit_coverage import simulate
 
 

@@ -85,7 +85,13 @@ def test_pretrain_writes_a_complete_run(pool, tmp_path):
     assert len(maps) == 2 and all(0 < m <= 1 for m in maps)
     final = json.loads((run / "metrics.json").read_text())
     assert final["metrics"]["eval"]["mAP@100"] == pytest.approx(maps[-1])
+    assert 0 < final["metrics"]["eval"]["mAP@100_all_levels"] <= 1
+    # 8 steps x 16 images over a 100-image subset; two evaluations give a slope.
+    budget = final["budget"]
+    assert budget["passes"] == pytest.approx(1.28) and isinstance(budget["converged"], bool)
     meta = json.loads((run / "backbone.json").read_text())
+    assert meta["lineage"]["pretrain_passes"] == budget["passes"]
+    assert meta["lineage"]["pretrain_converged"] == budget["converged"]
     assert meta["arch"] == "resnet_demo" and meta["lineage"]["subset_images"] == 100
     assert meta["lineage"]["pretrain_run"] == str(run.resolve())
     from scaling.models.files import load_backbone

@@ -64,3 +64,31 @@ def test_empty_or_mismatched_input_is_an_error():
         acc.compute()
     with pytest.raises(ValueError, match="expected 3"):
         acc.add(np.zeros((2, 4)), [[0], [1]])
+
+
+def test_closure_classes_are_reported_apart_from_the_annotated_label_space():
+    """With hierarchy closure an easy parent class ("fruit") would inflate the leaves' mAP."""
+    rng = np.random.default_rng(3)
+    n, leaves = 200, 6
+    leaf = rng.integers(0, leaves, n)
+    truth = np.zeros((n, leaves + 1), dtype=bool)
+    truth[np.arange(n), leaf] = True
+    truth[:, leaves] = True  # the parent of every leaf: a positive for every image after closure
+    scores = rng.normal(size=truth.shape) + 1.0 * truth
+    scores[:, leaves] += 5.0  # the parent is always ranked first: AP 1
+    annotated = np.r_[np.ones(leaves, dtype=bool), False]
+    acc = TopKAccumulator(leaves + 1, k=leaves + 1)
+    acc.add(scores, [np.flatnonzero(row) for row in truth])
+    out = acc.compute(annotated=annotated)
+    per_class = [average_precision_score(truth[:, c], scores[:, c]) for c in range(leaves + 1)]
+    assert out["mAP@7"] == pytest.approx(np.mean(per_class[:leaves]), abs=1e-12)
+    assert out["mAP@7_all_levels"] == pytest.approx(np.mean(per_class), abs=1e-12)
+    assert out["mAP@7_all_levels"] > out["mAP@7"]
+    assert (out["eval_classes"], out["eval_classes_all_levels"]) == (leaves, leaves + 1)
+
+
+def test_scores_are_compared_in_fp32_and_ties_keep_eval_order():
+    acc = TopKAccumulator(1, k=1)
+    acc.add(np.array([[0.5], [0.5], [0.5]], dtype=np.float16), [[], [0], []])
+    # All three tie: eval order ranks the miss first, then the hit at rank 2: AP = 1/2.
+    assert acc.compute()["mAP@1"] == pytest.approx(0.5)

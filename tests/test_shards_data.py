@@ -118,3 +118,13 @@ def test_world_layout_matches_formats(tmp_path):
     rows = [json.loads(line) for line in (world / "pretrain" / "labels.jsonl").read_text().splitlines()]
     assert len(rows) == 10 and all((world / "pretrain" / r["image"]).is_file() for r in rows)
     assert {"key", "image", "labels", "true_labels"} <= set(rows[0])
+
+
+def test_card_shows_label_noise_before_and_after_hierarchy_closure(tmp_path):
+    """A wrong extra "animal" on a cat photo is right once labels are closed over the hierarchy."""
+    shards = small_shards(tmp_path, images=40)
+    card = (shards / "card.md").read_text()
+    # 8 of 40 images get a wrong "animal": 8 wrong of 48 given labels. After closure every image
+    # has leaf + root (80 true labels); the extra is wrong on 6 of them (right on the 2 cats).
+    assert "measured label noise (given labels that are wrong): 16.7%" in card
+    assert "after hierarchy closure" in card and "noise 7.0%" in card

@@ -27,11 +27,14 @@ log = logging.getLogger(__name__)
 class LabelTally:
     """Streaming label statistics over manifest batches: O(classes) memory."""
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, vocabulary: Vocabulary | None = None) -> None:
         self.images = 0
         self.labels = 0
         self.counts = np.zeros(num_classes, dtype=np.int64)
         self.noise_pairs: list[tuple[int, int, int]] = []
+        # Noise as training sees it with hierarchy closure on: closed given vs closed true labels.
+        self.vocabulary = vocabulary if vocabulary is not None and vocabulary.max_depth() > 1 else None
+        self.closed_pairs: list[tuple[int, int, int]] = []
 
     def add(self, table) -> None:
         """Add a pyarrow table/batch with a ``labels`` (and maybe ``true_labels``) column."""
@@ -43,19 +46,29 @@ class LabelTally:
         if len(flat):
             self.counts += np.bincount(flat, minlength=len(self.counts))
         if "true_labels" in table.column_names:
-            stats = noise_stats(zip(column.to_pylist(), table.column("true_labels").to_pylist()))
+            given, true = column.to_pylist(), table.column("true_labels").to_pylist()
+            stats = noise_stats(zip(given, true))
             self.noise_pairs.append((stats.noisy_labels, stats.true_labels, stats.correct_labels))
+            if self.vocabulary is not None:
+                close = self.vocabulary.close
+                stats = noise_stats((close(g), close(t)) for g, t in zip(given, true))
+                self.closed_pairs.append((stats.noisy_labels, stats.true_labels, stats.correct_labels))
 
     def summary(self) -> dict:
         out = {"images": self.images,
                "labels_per_image": self.labels / self.images if self.images else 0.0,
                "tail": tail_summary(self.counts)}
         if self.noise_pairs:
-            noisy, true, correct = (int(sum(v)) for v in zip(*self.noise_pairs))
-            out["noise"] = {"noisy_labels": noisy, "true_labels": true, "correct_labels": correct,
-                            "noise_rate": 1.0 - correct / noisy if noisy else 0.0,
-                            "recall": correct / true if true else 0.0}
+            out["noise"] = _noise_summary(self.noise_pairs)
+        if self.closed_pairs:
+            out["noise"]["after_closure"] = _noise_summary(self.closed_pairs)
         return out
+
+
+def _noise_summary(pairs: list[tuple[int, int, int]]) -> dict:
+    noisy, true, correct = (int(sum(v)) for v in zip(*pairs))
+    return {"noisy_labels": noisy, "true_labels": true, "correct_labels": correct,
+            "noise_rate": 1.0 - correct / noisy if noisy else 0.0, "recall": correct / true if true else 0.0}
 
 
 def finalize_shards(out: Path, total: int, vocab: Vocabulary, state: dict, salt: str) -> dict:
@@ -67,7 +80,7 @@ def finalize_shards(out: Path, total: int, vocab: Vocabulary, state: dict, salt:
     sizes: dict[str, int] = {}
     skipped = collections.Counter(state["skipped"])
     reencoded = total_bytes = 0
-    tally = LabelTally(len(vocab))
+    tally = LabelTally(len(vocab), vocab)
     with atomic_path(out / "manifest.parquet") as tmp:
         with pq.ParquetWriter(tmp, manifest_schema(state["has_true"]),
                               **MANIFEST_WRITE_OPTIONS) as writer:
@@ -115,6 +128,10 @@ def card_markdown(summary: dict, num_classes: int) -> str:
         noise = stats["noise"]
         lines.append(f"- measured label noise (given labels that are wrong): "
                      f"{noise['noise_rate']:.1%}; recall of true labels {noise['recall']:.1%}")
+        if "after_closure" in noise:
+            closed = noise["after_closure"]
+            lines.append(f"- after hierarchy closure (what training sees with closure on; a wrong leaf often "
+                         f"has a right parent): noise {closed['noise_rate']:.1%}, recall {closed['recall']:.1%}")
     lines += ["", "## Skipped inputs", ""]
     if summary["skipped"]:
         lines += ["| reason | count |", "|---|---|"]

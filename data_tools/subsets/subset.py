@@ -118,6 +118,25 @@ class Subset:
         table[np.asarray(self.classes, dtype=np.int64)] = np.arange(len(self.classes))
         return table
 
+    def annotated_classes(self) -> np.ndarray:
+        """Bool mask over this subset's classes: those its stored labels name (before any
+        hierarchy closure): the label space an eval set is annotated in. Reads the labels
+        column of manifest.parquet (rows up to ``max_rank``)."""
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(self.path / "manifest.parquet", columns=["labels", "rank"])
+        labels = table.column("labels").to_pylist()
+        ranks = table.column("rank").to_numpy()
+        ids = np.unique(np.asarray([i for row, r in zip(labels, ranks) if r < self.max_rank for i in row],
+                                   dtype=np.int64))
+        table_map = self.label_map()
+        if table_map is not None:
+            ids = table_map[ids]
+            ids = ids[ids >= 0]
+        mask = np.zeros(self.num_classes, dtype=bool)
+        mask[ids] = True
+        return mask
+
     def iter_samples(self, skipped=None, verify_images: bool = False) -> Iterator[ShardSample]:
         """Stream the subset's samples in rank order (corrupt ones skipped and counted).
 

@@ -124,6 +124,8 @@ def run_lineage(cfg: FinetuneConfig, meta: dict) -> dict:
         "subset_name": source.get("subset_name"), "subset_images": source.get("subset_images"),
         "num_classes": meta.get("num_classes"), "steps": cfg.train.steps,
         "pretrain_steps": source.get("steps"),
+        # What the schedule bought the backbone (scaling.pretrain.loop.training_budget).
+        **{key: source.get(key) for key in ("pretrain_passes", "pretrain_map_gain", "pretrain_converged")},
         "backbone": str(weights.resolve()) if weights else None,
         "backbone_sha256": sha256_file(weights) if weights else None,
     }

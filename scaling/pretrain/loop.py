@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn import functional as F
@@ -151,7 +152,8 @@ def multilabel_loss(logits, targets, negatives: int, generator):
 
 
 def evaluate(model, cfg: PretrainConfig, evalset, num_classes: int, device) -> dict:
-    """mAP@k of ``model`` on the eval set (every image once, no augmentation)."""
+    """mAP@k of ``model`` on the eval set (every image once, no augmentation): over the
+    eval set's annotated classes (``mAP@k``) and over every level (``mAP@k_all_levels``)."""
     acc = TopKAccumulator(num_classes, k=cfg.monitor.top_k)
     was_training = model.training
     model.eval()
@@ -165,7 +167,7 @@ def evaluate(model, cfg: PretrainConfig, evalset, num_classes: int, device) -> d
             if cfg.monitor.max_images and acc.images >= cfg.monitor.max_images:
                 break
     model.train(was_training)
-    return acc.compute(cfg.monitor.weighting)
+    return acc.compute(cfg.monitor.weighting, annotated=evalset.annotated_classes())
 
 
 def loader_config(cfg: PretrainConfig):
@@ -373,17 +375,53 @@ def finish_run(run: RunContext, engine, tag: str | None, result: dict) -> dict:
         state = ckpt.fp32_state_dict(engine, out / "checkpoints", tag, cfg.deepspeed.zero_stage)
         model = MultiLabelClassifier(build_backbone(cfg.model.arch), len(run.vocab), prior=cfg.model.head_prior)
         model.load_state_dict(state)
+        if not result:  # resumed after the last checkpoint, before the export
+            result = evaluate(engine.module, cfg, run.evalset, len(run.vocab), engine.device)
+            run.log_metrics({"step": cfg.schedule.steps, **result})
+        key = f"mAP@{cfg.monitor.top_k}"
+        budget = training_budget(cfg, run.train_set.images, _evaluations(out, key))
         lineage = {**run_lineage(cfg, run.train_set, run.vocab, run.world_size),
-                   "pretrain_run": str(out.resolve())}
+                   "pretrain_run": str(out.resolve()), **{f"pretrain_{k}": v for k, v in budget.items()}}
         save_backbone(model, out / "backbone.pt",
                       {"num_classes": len(run.vocab), "classes_file": str(_classes_file(run.train_set)),
                        "lineage": lineage})
-        if not result:  # resumed after the last checkpoint, before the export
-            result = evaluate(engine.module, cfg, run.evalset, len(run.vocab), engine.device)
-        key = f"mAP@{cfg.monitor.top_k}"
-        final = {"task": "pretrain", "steps": cfg.schedule.steps, "metrics": {"eval": {key: result[key]}},
-                 "eval_classes": result["eval_classes"], "eval_images": result["eval_images"]}
+        final = {"task": "pretrain", "steps": cfg.schedule.steps,
+                 "metrics": {"eval": {key: result[key], f"{key}_all_levels": result[f"{key}_all_levels"]}},
+                 "eval_classes": result["eval_classes"], "eval_images": result["eval_images"],
+                 "budget": budget}
         write_json(out / "metrics.json", final)
         mark_complete(out, {"steps": cfg.schedule.steps})
     dist.barrier()
     return final
+
+
+# A run has converged when training 25% longer at its recent rate would add less than this
+# fraction of its final mAP@k (and less than CONVERGED_ABS in absolute terms).
+CONVERGED_REL, CONVERGED_ABS = 0.02, 0.002
+
+
+def _evaluations(out: Path, key: str) -> list[tuple[int, float]]:
+    """(step, mAP@k) of every evaluation in metrics.jsonl, in step order."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return sorted((int(r["step"]), float(r[key])) for r in rows if key in r)
+
+
+def training_budget(cfg: PretrainConfig, subset_images: int, evals: list[tuple[int, float]]) -> dict:
+    """What the schedule bought this subset: passes over it, and whether mAP@k had stopped rising.
+
+    The slope is a least-squares line through the evaluations of the last quarter
+    of training (at least the last two); ``map_gain`` is what 25% more steps at
+    that rate would add. ``converged`` is None with fewer than two evaluations.
+    """
+    steps = cfg.schedule.steps
+    passes = steps * cfg.schedule.global_batch / max(1, subset_images)
+    tail = [e for e in evals if e[0] >= 0.75 * steps]
+    tail = tail if len(tail) >= 2 else evals[-2:]
+    if len(tail) < 2:
+        return {"passes": round(passes, 3), "map_slope_per_1k_steps": None, "map_gain": None, "converged": None}
+    x, y = (np.asarray(v, dtype=float) for v in zip(*tail))
+    slope = float(np.polyfit(x, y, 1)[0])
+    gain = slope * 0.25 * steps
+    converged = bool(gain < max(CONVERGED_REL * y[-1], CONVERGED_ABS))
+    return {"passes": round(passes, 3), "map_slope_per_1k_steps": round(slope * 1000, 6),
+            "map_gain": round(gain, 6), "converged": converged}

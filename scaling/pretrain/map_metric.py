@@ -7,6 +7,16 @@ class in the eval set (so positives outside an image's top-k are misses).
 mAP is the mean over classes with at least one positive, or the mean
 weighted by positives per class (``weighting="frequency"``).
 
+Which classes are averaged matters once labels are closed over the hierarchy:
+internal classes ("fruit") are easy and would dominate. ``mAP@k`` averages
+over the eval set's annotated label space (the classes its stored labels
+name: the leaves, as FastEval14K is labelled); ``mAP@k_all_levels`` over
+every class with a positive after closure. Without closure the two agree.
+
+Scores are compared in fp32 (bf16 logits are cast first). Ties: predictions of
+one class with equal scores keep the eval set's image order (a stable sort),
+so the earlier image is ranked first; with continuous scores ties are rare.
+
 Memory: O(N * k) for N eval images (top-k kept per image), never N x C.
 """
 
@@ -51,8 +61,11 @@ class TopKAccumulator:
         self._hits.append(np.take_along_axis(truth, top, axis=1).reshape(-1))
         self.images += batch
 
-    def compute(self, weighting: Literal["mean", "frequency"] = "mean") -> dict:
-        """mAP@k and the number of classes it averages over."""
+    def compute(self, weighting: Literal["mean", "frequency"] = "mean",
+                annotated: np.ndarray | None = None) -> dict:
+        """mAP@k over the annotated classes and ``mAP@k_all_levels`` over every class with a
+        positive, with the number of classes each averages (``annotated``: bool mask of the
+        classes the eval labels name; None: every class)."""
         if self._positives is None or self.images == 0:
             raise ValueError("no eval images were scored")
         ap = average_precision_at_k(np.concatenate(self._classes), np.concatenate(self._scores),
@@ -60,9 +73,17 @@ class TopKAccumulator:
         present = self._positives > 0
         if not present.any():
             raise ValueError("the eval set has no positive labels")
-        weights = self._positives[present] if weighting == "frequency" else None
-        value = float(np.average(ap[present], weights=weights))
-        return {f"mAP@{self.k}": value, "eval_classes": int(present.sum()), "eval_images": self.images}
+        leaves = present if annotated is None else present & np.asarray(annotated, dtype=bool)
+        if not leaves.any():
+            raise ValueError("no annotated class of the eval set has a positive")
+
+        def mean(mask: np.ndarray) -> float:
+            weights = self._positives[mask] if weighting == "frequency" else None
+            return float(np.average(ap[mask], weights=weights))
+
+        key = f"mAP@{self.k}"
+        return {key: mean(leaves), f"{key}_all_levels": mean(present), "eval_classes": int(leaves.sum()),
+                "eval_classes_all_levels": int(present.sum()), "eval_images": self.images}
 
 
 def average_precision_at_k(classes: np.ndarray, scores: np.ndarray, hits: np.ndarray,

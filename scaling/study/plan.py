@@ -324,14 +324,21 @@ def write_study_section(plan: Plan, cfg) -> Path:
     marker = "\n## The study\n"
     text = text.split(marker)[0].rstrip() + "\n" + marker
     lines = [f"Config `{cfg.name}`; every output under `{plan.root}/`.", "",
-             "| subset | images | passes over the subset | pretraining mAP@100 |", "|---|---|---|---|"]
+             "| subset | images | passes over the subset | mAP@100 (annotated classes) | mAP@100 all levels "
+             "| converged |", "|---|---|---|---|---|---|"]
     for step in plan.steps:
         if step.stage == "pretrain" and (step.out / "metrics.json").is_file():
             metrics = json.loads((step.out / "metrics.json").read_text())
             meta = json.loads((step.out / "backbone.json").read_text())["lineage"]
-            value = next(iter(metrics["metrics"]["eval"].values()))
-            passes = meta["steps"] * meta["global_batch"] / meta["subset_images"]
-            lines.append(f"| {meta['subset_name']} | {meta['subset_images']} | {passes:.0f} | {value:.4f} |")
+            values = metrics["metrics"]["eval"]
+            leaves = next(v for k, v in values.items() if not k.endswith("_all_levels"))
+            levels = next((v for k, v in values.items() if k.endswith("_all_levels")), float("nan"))
+            budget = metrics.get("budget", {})
+            passes = budget.get("passes", meta["steps"] * meta["global_batch"] / meta["subset_images"])
+            converged = {True: "yes", False: f"no (+{budget.get('map_gain', 0):.3f} to gain)"}.get(
+                budget.get("converged"), "not recorded")
+            lines.append(f"| {meta['subset_name']} | {meta['subset_images']} | {passes:.0f} | {leaves:.4f} "
+                         f"| {levels:.4f} | {converged} |")
     if cfg.world is not None:
         lines += _world_paragraph(plan.root)
     audit = plan.root / "dedup" / "audit"
