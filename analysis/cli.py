@@ -66,7 +66,10 @@ def register_cli(subparsers) -> None:
 
 
 def _table_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", default=DEFAULT_TABLE, help="results table from `datascale results collect`")
+    parser.add_argument("--results", default=DEFAULT_TABLE,
+                        help="results table from `datascale results collect`, or any .csv/.parquet with at least "
+                             "task, metric, subset_images, value (optional: seed, arch, mode, init, test_set, "
+                             "pretrain_run, ...)")
     parser.add_argument("--out", default=None, help="output folder (default: the results table's folder)")
     add_shortcut(parser, "--where", key="where", repeat=True, metavar="COLUMN=VALUE",
                  help="only rows with COLUMN=VALUE (repeatable), e.g. --where task=detection")
@@ -143,9 +146,9 @@ def run_fit(args: argparse.Namespace) -> int:
 def run_plot(args: argparse.Namespace) -> int:
     """``datascale plot``: figures into OUT/plots/ and OUT/report.md."""
     from analysis.fit import FIT_FILES, read_fits
-    from analysis.plots import plot_scaling, read_reference
+    from analysis.plots import plot_headline, plot_scaling, read_reference
     from analysis.report import PLOTS_DIR, write_report
-    from analysis.results import read_results
+    from analysis.results import read_results, select
 
     config = config_from_args(PlotConfig, args)
     out_dir = Path(args.out) if args.out else Path(args.results).parent
@@ -161,6 +164,7 @@ def run_plot(args: argparse.Namespace) -> int:
         return 0
     reference = read_reference(args.reference) if args.reference else None
     written = plot_scaling(results, fits, out_dir / PLOTS_DIR, config, reference)
+    written += plot_headline(select(results, config.where), out_dir / PLOTS_DIR, config)
     report = write_report(out_dir, figures=[p for p in written if p.suffix == ".png"])
     _finish(out_dir, "plot", record, {"figures": len(written)})
     print(f"wrote {len(written)} figure files -> {out_dir / PLOTS_DIR}")

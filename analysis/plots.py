@@ -29,6 +29,7 @@ from matplotlib.lines import Line2D
 
 from analysis.config import PLOT_FORMATS, PlotConfig
 from analysis.fit import FitOutput
+from analysis.headline import images_text, main_metrics
 from analysis.report import fit_keys
 from analysis.results import select
 from datascale.atomic import atomic_path
@@ -212,3 +213,58 @@ def _save(figure: Figure, stem: Path, config: PlotConfig) -> list[Path]:
             figure.savefig(tmp, format=fmt, dpi=config.dpi, metadata=metadata)
         paths.append(path)
     return paths
+
+
+def plot_headline(results: pd.DataFrame, out_dir: str | Path, config: PlotConfig | None = None) -> list[Path]:
+    """``headline.png|svg``: every task's main metric in one figure, one panel per task.
+
+    One colour per mode; the original test set solid with filled markers, the
+    cleaned one dashed with open markers; random init dotted. Ticks sit at
+    the subset sizes and a bounded metric's axis stays in its range.
+    """
+    config = config or PlotConfig()
+    metrics = main_metrics(results)
+    main = results[results["metric"] == results["task"].astype(str).map(metrics)]
+    tasks = sorted(t for t in metrics if main[main["task"] == t]["subset_images"].notna().any())
+    if not tasks:
+        return []
+    modes = sorted(main["mode"].dropna().astype(str).unique())
+    palette = dict(zip(modes, sns.color_palette("colorblind", len(modes))))
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.8):
+        figure = Figure(figsize=(config.panel_width * len(tasks), config.panel_height + 0.8), layout="constrained")
+        FigureCanvasAgg(figure)
+        axes = figure.subplots(1, len(tasks), squeeze=False).ravel()
+        for ax, task in zip(axes, tasks):
+            _headline_panel(ax, main[main["task"] == task], palette)
+            ax.set_title(f"{task}: {metrics[task]}")
+            ax.set_ylabel(metrics[task])
+        handles, labels = axes[0].get_legend_handles_labels()
+        figure.legend(handles, labels, loc="outside lower center", ncol=max(1, len(labels)), frameon=False)
+        figure.suptitle("What more pretraining data buys (mean over runs; dotted: random init)")
+    return _save(figure, Path(out_dir) / "headline", config)
+
+
+def _headline_panel(ax, rows: pd.DataFrame, palette: dict) -> None:
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    sized = rows[rows["subset_images"].notna()]
+    for (mode, test_set), group in sized.groupby(["mode", "test_set"]):
+        if test_set not in ("original", "cleaned"):
+            continue
+        means = group.groupby("subset_images")["value"].mean()
+        original = test_set == "original"
+        ax.plot(means.index.astype(float), means.values, color=palette[mode], marker="o",
+                linestyle="-" if original else "--", markerfacecolor=palette[mode] if original else "white",
+                label=f"{mode}, {test_set}")
+    for mode, group in rows[rows["subset_images"].isna() & (rows["test_set"] == "original")].groupby("mode"):
+        ax.axhline(group["value"].mean(), color=palette[mode], linestyle=":", linewidth=1.2)
+    sizes = sorted(sized["subset_images"].dropna().astype(float).unique())
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(sizes))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: images_text(x)))
+    ax.set_xlabel("pretraining images")
+    high = float(rows["value"].max())
+    bound = 1.0 if high <= 1 else (100.0 if high <= 100 else None)
+    if bound is not None:
+        ax.set_ylim(0, min(bound, high * 1.15 + 0.01 * bound))

@@ -1,4 +1,4 @@
-"""results/report.md: the fits, the figures and the test-set comparison, readable on its own.
+"""results/report.md: the answer first (headline table and figure), then what is not shown, then details.
 
 :func:`write_report` reads what ``results collect``, ``fit`` and ``plot``
 wrote into one results folder, so the study orchestrator can call it after
@@ -14,13 +14,13 @@ from typing import Sequence
 
 import pandas as pd
 
-from analysis.fit import FIT_FILES, read_fits
+from analysis.fit import read_fits
+from analysis.headline import caveats, headline_table, main_metrics
 from analysis.results import EXCLUDED_FILE, read_results
-from datascale.atomic import write_text
+from datascale.atomic import atomic_path, write_text
 
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
-MAX_LISTED = 50  # longer exclusion lists are cut, with the count of what was left out
 
 
 def _number(value: float, digits: int = 3) -> str:
@@ -69,20 +69,6 @@ def fits_summary(fits: pd.DataFrame) -> pd.DataFrame:
             out["note"] = row["note"]
         rows.append(out)
     return pd.DataFrame(rows).fillna("")
-
-
-def _replication_advice(fits: pd.DataFrame) -> list[str]:
-    """A paragraph for curves resting on one pretraining run per size (or on unnamed backbones)."""
-    if fits.empty or "min_backbones_per_size" not in fits:
-        return []
-    single = fits[(fits["model"] == fits["model"].iloc[0]) & (fits["min_backbones_per_size"] < 2)]
-    if single.empty:
-        return []
-    return [f"**{len(single)} of {int((fits['model'] == fits['model'].iloc[0]).sum())} curves have a size with "
-            "a single pretraining run.** Their intervals come from the scatter of a handful of "
-            "backbone means about the curve (few degrees of freedom), so they are wide, and the "
-            "shape of the curve cannot be tested against run-to-run noise there. More pretraining "
-            "runs per size (two or more) would narrow the intervals and allow the lack-of-fit test.\n"]
 
 
 def pretraining_budget(results: pd.DataFrame) -> pd.DataFrame:
@@ -174,51 +160,86 @@ def compare_test_sets(results: pd.DataFrame) -> pd.DataFrame:
 
 def write_report(results_dir: str | Path, figures: Sequence[str | Path] | None = None,
                  title: str = "Scaling results") -> Path:
-    """Write ``results_dir/report.md`` from the files in ``results_dir``; returns its path.
+    """Write ``results_dir/report.md``, the answer first; returns its path.
 
-    Reads results.parquet, fits.csv and fit_excluded.csv (from ``datascale
-    fit``), excluded.csv (from collection, if present) and links the figures
-    (default: every PNG in ``results_dir/plots``) by relative path, so the
-    folder can be moved or published as a whole. Memory: the tables in full.
+    Order: the headline table (per task and mode: main metric at the smallest
+    and largest size, random init, slope per 10x, verdict), the headline
+    figure (``plots/headline.png``), what the study does not show, the
+    pretraining budget, then links. Every fit, per-class and secondary metric
+    and every curve not fitted goes to CSV files beside the report
+    (``report_fits.csv``, ``report_metrics.csv``, ``fit_excluded.csv``), so the
+    report stays short (~100 lines). Reads results.parquet and the fit files.
     """
     results_dir = Path(results_dir)
     results = read_results(results_dir / "results.parquet")
     fits = read_fits(results_dir)
     if figures is None:
         figures = sorted((results_dir / PLOTS_DIR).glob("*.png"))
+    headline = headline_table(results, fits.fits)
+    shown = headline[[c for c in headline.columns if not c.startswith("_")]] if not headline.empty else headline
     parts = [f"# {title}\n",
              f"Generated {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC from "
              f"{results['run_dir'].nunique()} runs ({len(results)} metric rows) in `results.parquet`.\n",
-             "## Fits\n",
-             "Log-linear: metric = a + b·log10(N), b is the gain per 10x pretraining images. "
-             "Power law: error = c + k·N^-alpha, the limit is the metric at infinite data. "
-             "Each pretraining run (backbone) is one point, the mean of the runs fine-tuned from it, "
-             "and intervals are over pretraining runs, so they hold both pretraining and fine-tuning "
-             "variance: t intervals for the log-linear fit, a bootstrap over backbones for the power "
-             "law (docs/uncertainty.md). `chosen`: the simpler model unless the other is better both at "
-             "predicting the largest size from the smaller ones (held-out err) and by AICc on the "
-             "backbone means; the power law is fitted only on 6 or more sizes. `lack of fit p`: pure-error F test "
-             "of the curve's shape, possible where a size has two or more pretraining runs.\n",
-             markdown_table(fits_summary(fits.fits))]
-    parts += _replication_advice(fits.fits)
+             "## Headline\n",
+             "Each task's main metric on the original test set, mean over runs. Slope: log-linear fit "
+             "per 10x pretraining images, interval over pretraining runs (docs/uncertainty.md). "
+             "Verdict: `grows`/`falls` when the interval excludes 0, `at floor` when the metric stays "
+             "under 2% of its range, else `flat`.\n",
+             markdown_table(shown)]
+    headline_png = results_dir / PLOTS_DIR / "headline.png"
+    if headline_png.is_file():
+        parts.append(f"![every task's main metric]({PLOTS_DIR}/headline.png)\n")
+    notes = caveats(headline, fits.fits, results)
+    parts += ["## What this study does not show\n", "\n".join(f"- {n}" for n in notes) + "\n" if notes
+              else "Nothing flagged: every task grows with data, beats random init and converged.\n"]
     parts += _budget_section(results, fits.fits)
-    if figures:
-        parts.append("## Figures\n")
-        for figure in figures:
-            relative = Path(figure).resolve().relative_to(results_dir.resolve()).as_posix()
-            parts.append(f"![{Path(figure).stem}]({relative})\n")
-    comparison = compare_test_sets(results)
-    if not comparison.empty:
-        parts += ["## Original vs cleaned test sets\n",
-                  "Mean over seeds; `cleaned` drops test images with near-duplicates in the "
-                  "pretraining data (dedup audit).\n", markdown_table(comparison)]
-    parts += ["## Curves not fitted\n", markdown_table(fits.excluded, MAX_LISTED)]
-    excluded_path = results_dir / EXCLUDED_FILE
-    if excluded_path.is_file():
-        excluded = pd.read_csv(excluded_path, dtype=str, keep_default_na=False)
-        if not excluded.empty:
-            parts += [f"## Runs excluded from the table ({len(excluded)})\n", markdown_table(excluded, MAX_LISTED)]
-    parts.append(f"Files: `results.parquet`, {', '.join(f'`{name}`' for name in FIT_FILES.values())}.\n")
+    parts += _cleaned_section(results, results_dir)
+    parts += _detail_files(results_dir, results, fits, figures)
     path = results_dir / REPORT_FILE
     write_text(path, "\n".join(parts))
     return path
+
+
+def _cleaned_section(results: pd.DataFrame, results_dir: Path) -> list[str]:
+    comparison = compare_test_sets(results)
+    if comparison.empty:
+        return []
+    metrics = main_metrics(results)
+    main = comparison[comparison["metric"] == comparison["task"].astype(str).map(metrics)]
+    summary = (main.groupby(["task", "metric", "mode"], dropna=False)["cleaned - original"]
+               .agg(["mean", "min", "max"]).reset_index())
+    summary.columns = ["task", "metric", "mode", "cleaned - original (mean)", "min", "max"]
+    with atomic_path(results_dir / "report_cleaned.csv") as tmp:
+        comparison.to_csv(tmp, index=False)
+    return ["## Original vs cleaned test sets\n",
+            "`cleaned` drops test images with near-duplicates in the pretraining data (dedup audit); the "
+            "difference over every backbone and size (each setting in `report_cleaned.csv`).\n",
+            markdown_table(summary)]
+
+
+def _detail_files(results_dir: Path, results: pd.DataFrame, fits, figures) -> list[str]:
+    """Write the long tables as CSV files and list them with the other figures."""
+    summary = fits_summary(fits.fits)
+    with atomic_path(results_dir / "report_fits.csv") as tmp:
+        summary.to_csv(tmp, index=False)
+    metrics = main_metrics(results)
+    detail = results[results["metric"] != results["task"].astype(str).map(metrics)]
+    table = (detail.groupby(["task", "metric", "test_set", "mode", "init", "subset_images"], dropna=False)
+             ["value"].agg(["mean", "std", "count"]).reset_index())
+    with atomic_path(results_dir / "report_metrics.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    others = [Path(f) for f in figures if Path(f).stem != "headline"]
+    lines = ["## Details\n",
+             f"- `report_fits.csv`: every curve and model ({len(summary)} rows: slopes, limits, AICc, "
+             "lack of fit, notes); `fits.csv` has every number.",
+             f"- `report_metrics.csv`: secondary and per-class metrics ({len(table)} rows).",
+             f"- `fit_excluded.csv`: curves not fitted, with the reason ({len(fits.excluded)} rows), "
+             "e.g. random-init baselines (no data sizes) and models that need more sizes."]
+    excluded_path = results_dir / EXCLUDED_FILE
+    if excluded_path.is_file():
+        excluded = pd.read_csv(excluded_path, dtype=str, keep_default_na=False)
+        lines.append(f"- `{EXCLUDED_FILE}`: runs or metrics left out of the table ({len(excluded)}).")
+    for figure in others:
+        relative = Path(figure).resolve().relative_to(results_dir.resolve()).as_posix()
+        lines.append(f"- figure: [{Path(figure).stem}]({relative})")
+    return ["\n".join(lines) + "\n"]

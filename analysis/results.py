@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import numpy as np
 import pandas as pd
 import yaml
 from tqdm import tqdm
@@ -46,12 +47,16 @@ TEXT_COLUMNS = ("task", "metric", "test_set", "mode", "arch", "init", "subset_na
 INT_COLUMNS = ("subset_images", "num_classes", "steps", "seed")
 # The pretraining budget of the backbone (passes over its subset, mAP@100 still to gain, converged).
 FLOAT_COLUMNS = ("pretrain_passes", "pretrain_map_gain")
-BOOL_COLUMNS = ("pretrain_converged",)
+# is_primary: the metric the run's task names as its main one (complete.json "primary_metric").
+BOOL_COLUMNS = ("pretrain_converged", "is_primary")
 COLUMNS = ("task", "metric", "test_set", "value", "mode", "arch", "init", "subset_name",
            "subset_images", "num_classes", "steps", "seed", "run_dir", "pretrain_run", "stage",
            *FLOAT_COLUMNS, *BOOL_COLUMNS)
 # Columns a table written before they existed may lack (filled with nulls on reading).
 OPTIONAL_COLUMNS = FLOAT_COLUMNS + BOOL_COLUMNS
+# The least a researcher's own table needs for `datascale fit`; the rest is filled (read_results).
+MINIMAL_COLUMNS = ("task", "metric", "subset_images", "value")
+FILLED = {"test_set": "original", "mode": "finetune", "arch": "unknown"}
 EXCLUDED_COLUMNS = ("run_dir", "test_set", "metric", "reason")
 ROW_KEY = ["run_dir", "test_set", "metric"]
 # Without these a row cannot be placed on any curve; the rest may be null
@@ -195,7 +200,12 @@ def read_run(run_dir: Path, record: dict | None, problem: str, out: Collection) 
             base["pretrain_run"] = str(run_dir)  # a pretraining run's own metrics: it is the backbone
         budget = metrics.get("budget") if isinstance(metrics.get("budget"), dict) else {}
         base.update({f"pretrain_{k}": budget.get(k) for k in ("passes", "map_gain", "converged")})
+    complete, _ = _read_json(run_dir / COMPLETE_FILE)
+    primary = complete.get("primary_metric") if isinstance(complete, dict) else None
+    start = len(out.rows)
     _add_metric_rows(run_dir, metrics["metrics"], base, out)
+    for row in out.rows[start:]:
+        row["is_primary"] = None if primary is None else row["metric"] == primary
 
 
 def _add_metric_rows(run_dir: Path, by_test_set: dict, base: dict, out: Collection) -> None:
@@ -248,14 +258,19 @@ def to_frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def read_results(path: str | Path) -> pd.DataFrame:
-    """Read a results table written by :func:`write_results`; DataError if unusable."""
+    """Read a results table: one written by :func:`write_results`, or any CSV/Parquet table with at
+    least ``task, metric, subset_images, value`` (a researcher's own numbers), whose other columns
+    are filled (:func:`complete_table`). DataError if unusable."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"results table not found: {path} (make it with `datascale results collect`)")
     try:
-        frame = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise DataError(f"{path} is not a readable Parquet table: {exc}") from None
+        frame = pd.read_csv(path, comment="#") if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+    except Exception as exc:  # pyarrow and pandas raise several types for a damaged file
+        kind = "CSV" if path.suffix.lower() == ".csv" else "Parquet"
+        raise DataError(f"{path} is not a readable {kind} table: {exc}") from None
+    if not all(c in frame.columns for c in COLUMNS if c not in OPTIONAL_COLUMNS):
+        frame = complete_table(frame, path)
     for column in OPTIONAL_COLUMNS:
         if column not in frame.columns:
             frame[column] = pd.array([None] * len(frame), dtype="boolean" if column in BOOL_COLUMNS else "Float64")
@@ -263,6 +278,40 @@ def read_results(path: str | Path) -> pd.DataFrame:
     if missing:
         raise DataError(f"{path} lacks columns {', '.join(missing)}; re-run `datascale results collect`")
     return frame
+
+
+def complete_table(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """A minimal table (task, metric, subset_images, value [, seed, arch, mode, init, test_set,
+    pretrain_run, ...]) with every other column filled: test_set ``original``, mode ``finetune``,
+    arch ``unknown``, init ``pretrained`` where subset_images > 0 else ``random``, run_dir the
+    row (``FILE:row N``). Without ``pretrain_run`` the runs of one size count as one pretraining
+    run (the cautious reading: wider intervals)."""
+    missing = [c for c in MINIMAL_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path} lacks columns {', '.join(missing)}: a results table needs at least "
+                        f"{', '.join(MINIMAL_COLUMNS)} (one row per run and metric)")
+    values = pd.to_numeric(frame["value"], errors="coerce")
+    sizes = pd.to_numeric(frame["subset_images"], errors="coerce")
+    bad = values.isna() & frame["value"].notna()
+    if bad.any():
+        raise DataError(f"{path}: rows {', '.join(str(i + 2) for i in np.flatnonzero(bad)[:10])} have a "
+                        "value that is not a number")
+    rows = frame.to_dict("records")
+    for number, (row, size) in enumerate(zip(rows, sizes)):
+        for column, default in FILLED.items():
+            if pd.isna(row.get(column)):
+                row[column] = default
+        if pd.isna(row.get("init")):
+            row["init"] = "pretrained" if size > 0 else "random"
+        row["subset_images"] = None if pd.isna(size) or size <= 0 else int(size)
+        row.setdefault("run_dir", f"{path.name}:row {number + 2}")
+        row.setdefault("stage", "pretrain" if row["task"] == "pretrain" else "finetune")
+        row["value"] = values.iloc[number]
+    return to_frame([{k: (None if _missing(v) else v) for k, v in row.items()} for row in rows])
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
 
 
 @contextlib.contextmanager

@@ -32,7 +32,10 @@ def test_notebook_fits_and_plots_a_small_study(tmp_path, monkeypatch):
     outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.get("outputs", [])]
     text = "".join(out.get("text", "") for out in outputs if out.get("output_type") == "stream")
     assert f"python: {sys.executable}" in text
-    assert "finetune" in text and "per 10x" in text
-    assert sum("image/png" in out.get("data", {}) for out in outputs) == 2  # original + cleaned figures
+    assert "What this study does not show" in text
+    # It opens on the headline: the first output is the headline table, with the verdicts.
+    first_table = next(out for out in outputs if "text/html" in out.get("data", {}))["data"]["text/html"]
+    assert "verdict" in first_table and "grows" in first_table and "slope per 10x" in first_table
+    assert sum("image/png" in out.get("data", {}) for out in outputs) == 3  # headline + original + cleaned
     assert sorted(p.name for p in (tmp_path / "nb" / "plots").iterdir()) == [
-        "scaling_cleaned-resnet50-pretrained.png", "scaling_original-resnet50-pretrained.png"]
+        "headline.png", "scaling_cleaned-resnet50-pretrained.png", "scaling_original-resnet50-pretrained.png"]

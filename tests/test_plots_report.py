@@ -39,8 +39,9 @@ def test_cli_plot_writes_png_svg_and_a_self_contained_report(results_dir, capsys
     assert main(["-q", "plot", "--results", str(results_dir / "results.parquet"),
                  "--reference", str(EXAMPLE_REFERENCE)]) == 0
     plots = results_dir / "plots"
-    pngs, svgs = sorted(plots.glob("*.png")), sorted(plots.glob("*.svg"))
+    pngs, svgs = sorted(plots.glob("scaling_*.png")), sorted(plots.glob("scaling_*.svg"))
     assert [p.stem for p in pngs] == ["scaling_cleaned-resnet50-pretrained", "scaling_original-resnet50-pretrained"]
+    assert (plots / "headline.png").is_file() and (plots / "headline.svg").is_file()
     assert [p.stem for p in svgs] == [p.stem for p in pngs]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     svg = svgs[1].read_text()
@@ -49,11 +50,18 @@ def test_cli_plot_writes_png_svg_and_a_self_contained_report(results_dir, capsys
     assert "example (not paper values)" in svg and "finetune: random init" in svg
     assert "detection: AP" in svg and "segmentation: mIoU" in svg
     report = (results_dir / "report.md").read_text()
-    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert links and all((results_dir / link).is_file() and not Path(link).is_absolute() for link in links)
-    assert "## Original vs cleaned test sets" in report and "| cleaned - original |" in report
-    assert "slope per 10x [95% CI]" in report and "## Runs excluded" not in report
-    assert "without a positive subset_images" in report  # the random-init run, listed as not fitted
+    links = re.findall(r"\]\(([^)]+)\)", report)
+    assert "plots/headline.png" in links
+    assert all((results_dir / link).is_file() and not Path(link).is_absolute() for link in links)
+    # The answer first: the headline table is the first table, and the report stays short.
+    assert report.index("## Headline") < report.index("| task | mode | metric |") < report.index("## What this")
+    assert len(report.splitlines()) <= 150
+    assert "## Original vs cleaned test sets" in report and "cleaned - original (mean)" in report
+    assert "slope per 10x [95% CI]" in report
+    # Not-fitted rows and per-class metrics are in the linked files, not the report.
+    assert "without a positive subset_images" not in report and "`fit_excluded.csv`" in report
+    assert "without a positive subset_images" in (results_dir / "fit_excluded.csv").read_text()
+    assert (results_dir / "report_fits.csv").is_file() and (results_dir / "report_metrics.csv").is_file()
     assert "up to date" not in capsys.readouterr().out
     assert main(["-q", "plot", "--results", str(results_dir / "results.parquet"),
                  "--reference", str(EXAMPLE_REFERENCE)]) == 0
@@ -64,7 +72,7 @@ def test_write_report_is_callable_on_its_own(results_dir):
     path = write_report(results_dir, figures=[], title="Demo study")
     text = path.read_text()
     assert path == results_dir / "report.md" and text.startswith("# Demo study")
-    assert "## Figures" not in text and "| detection | AP |" in text
+    assert "| detection | finetune | AP |" in text and "| segmentation | frozen | mIoU |" in text
 
 
 def test_reference_points_that_match_no_panel_are_reported(results_dir, tmp_path, caplog):
@@ -99,3 +107,16 @@ def test_slope_label_reads_like_the_paper():
     fit = pd.Series({"mode": "finetune", "metric": "AP", "model": "loglinear", "slope_per_10x": 3.1,
                      "slope_per_10x_low": 2.5, "slope_per_10x_high": 3.7})
     assert slope_label(fit) == "finetune: +3.1 AP per 10x [2.5, 3.7]"
+
+
+def test_headline_verdicts_follow_the_intervals_and_the_floor(results_dir):
+    from analysis.headline import headline_table, verdict
+
+    table = headline_table(read_results(results_dir / "results.parquet"), read_fits(results_dir).fits)
+    assert set(zip(table["task"], table["mode"])) == {("detection", "frozen"), ("detection", "finetune"),
+                                                      ("segmentation", "frozen"), ("segmentation", "finetune")}
+    assert set(table["verdict"]) == {"grows"}  # every simulated curve rises with a tight interval
+    detection = table[table["task"] == "detection"].set_index("mode")["random init"]
+    assert detection["finetune"] == "0.100" and detection["frozen"] == "not run"  # one random-init run
+    assert verdict(-0.01, 0.02, 0.3, 1.0) == "flat" and verdict(-0.03, -0.01, 0.3, 1.0) == "falls"
+    assert verdict(0.001, 0.002, 0.01, 1.0) == "at floor"

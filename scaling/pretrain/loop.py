@@ -390,7 +390,7 @@ def finish_run(run: RunContext, engine, tag: str | None, result: dict) -> dict:
                  "eval_classes": result["eval_classes"], "eval_images": result["eval_images"],
                  "budget": budget}
         write_json(out / "metrics.json", final)
-        mark_complete(out, {"steps": cfg.schedule.steps})
+        mark_complete(out, {"steps": cfg.schedule.steps, "primary_metric": key})
     dist.barrier()
     return final
 
