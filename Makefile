@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup study test test-fast bench clean
+.PHONY: setup study test test-fast bench readme clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): $(VENV)/bin/python pyproject.toml constraints.txt
 
 study: $(STAMP)
 	$(VENV)/bin/datascale study configs/studies/demo.yaml
+
+# The README's demo section, copied from the demo study's report (run `make study` first).
+readme: $(STAMP)
+	$(PY) -m analysis.readme study/results/report.md README.md
 
 test: $(STAMP)
 	$(PY) -m pytest -q
