@@ -180,10 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Libraries whose start-up chatter (faiss's instruction-set probing, the CPU build of
+# DeepSpeed's communication op with "No CUDA runtime is found") is shown only with -v.
+NOISY_LOGGERS = {"faiss.loader": logging.WARNING, "torch.utils.cpp_extension": logging.ERROR,
+                 "DeepSpeed": logging.WARNING}
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    for name, quiet_level in NOISY_LOGGERS.items():
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else max(level, quiet_level))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -209,9 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"datascale {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # e.g. `datascale ... | head`
+    except BrokenPipeError:  # e.g. `datascale study --dry-run | head`: the reader had enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return 0
     return int(code or 0)
 
 

@@ -101,6 +101,12 @@ def deepspeed_command(stage_argv: Sequence[str], *, nproc: int = 1, hostfile: st
             if num_nodes > len(hosts):
                 raise DatascaleError(f"--num-nodes {num_nodes} but the hostfile lists {len(hosts)} hosts")
             cmd += ["--num_nodes", str(num_nodes)]
+        used = list(hosts.items())[: num_nodes or len(hosts)]
+        short = [f"{host} (slots={slots})" for host, slots in used if slots < nproc]
+        if short:
+            raise ConfigError(f"--nproc {nproc} ranks per node, but the hostfile {hostfile} gives "
+                              f"{', '.join(short)} fewer slots; lower --nproc to "
+                              f"{min(s for _, s in used)} or raise the slots")
         if nproc > 1:
             cmd += ["--num_gpus", str(nproc)]
         if master_addr:

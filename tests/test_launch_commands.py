@@ -65,3 +65,22 @@ def test_launch_dry_run_prints_the_command(tmp_path, capsys):
 def test_launch_missing_hostfile_is_a_clear_error(capsys):
     assert cli.main(["launch", "--hostfile", "/nope", "--dry-run", "pretrain"]) == 1
     assert "hostfile not found: /nope" in capsys.readouterr().err
+
+
+def test_more_ranks_per_node_than_the_hostfile_has_slots_is_refused(tmp_path, capsys):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("gpu-a slots=2\ngpu-b slots=8\n")
+    code = cli.main(["launch", "--hostfile", str(hostfile), "--nproc", "8", "--dry-run",
+                     "pretrain", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "gpu-a (slots=2) fewer slots; lower --nproc to 2" in err
+
+
+def test_dry_run_into_a_closed_pipe_exits_zero():
+    import subprocess
+    import sys
+    code = ("import sys; from datascale import cli; sys.exit(cli.main(['study', 'studies/jft300m', '--dry-run']))")
+    # pipefail: the pipeline fails if datascale does, though head has what it wanted.
+    status = subprocess.run(["bash", "-o", "pipefail", "-c", f"{sys.executable} -c \"{code}\" | head -n 1"],
+                            capture_output=True, text=True)
+    assert status.stdout.startswith("study jft300m") and status.returncode == 0, status.stderr
