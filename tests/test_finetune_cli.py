@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -145,3 +146,24 @@ def test_a_checkpoint_without_metadata_runs_as_init_checkpoint(world, tmp_path):
     assert _finetune(world, run, "segmentation", "--backbone", str(tmp_path / "other.pt"),
                      "--set", "train.steps=1", "--set", "data.image_size=32") == 0
     assert yaml.safe_load((run / "config.yaml").read_text())["lineage"]["init"] == "checkpoint"
+
+
+def test_tensorboard_mirrors_metrics_jsonl(world, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "tb"
+    assert _finetune(world, run, "segmentation", "--init", "random", "--set", "logging.tensorboard=true",
+                     "--set", "data.image_size=32") == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    losses = [(e.step, e.value) for e in events.Scalars("loss")]
+    assert losses == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in records if "loss" in r]
+    assert events.Scalars("original/mIoU")[0].value == pytest.approx(records[-1]["original/mIoU"], rel=1e-6)
+
+
+def test_wandb_asked_for_but_not_installed_is_a_clear_error(world, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` fails as when it is not installed
+    code = _finetune(world, tmp_path / "wb", "segmentation", "--init", "random", "--set", "logging.wandb=true",
+                     "--set", "data.image_size=32")
+    assert code == 2 and "the wandb package is not installed" in capsys.readouterr().err

@@ -37,9 +37,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from datascale.atomic import append_jsonl, write_json
+from datascale.atomic import write_json
 from datascale.errors import DatascaleError, DataError
 from datascale.lineage import config_record, mark_complete, prepare_output_dir, sha256_file
+from datascale.metrics_log import MetricsLog
 from scaling.models.backbones import build_backbone, fix_batchnorm_stats, freeze_stages
 from scaling.models.files import backbone_paths, load_backbone
 from scaling.tasks import get_task
@@ -140,7 +141,7 @@ def _batches(loader):
         yield from loader
 
 
-def train(task, model, train_set, cfg: FinetuneConfig, out_dir: Path, progress: dict) -> None:
+def train(task, model, train_set, cfg: FinetuneConfig, metrics: MetricsLog, progress: dict) -> None:
     """Run ``cfg.train.steps`` optimizer steps; log to metrics.jsonl every ``log_every`` steps.
 
     Raises DatascaleError when the loss becomes NaN or inf. Memory: one batch
@@ -177,7 +178,7 @@ def train(task, model, train_set, cfg: FinetuneConfig, out_dir: Path, progress: 
             elapsed = time.perf_counter() - started
             record = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in terms.items()},
                       "lr": optimizer.param_groups[0]["lr"], "seconds_per_step": elapsed / step}
-            append_jsonl(out_dir / METRICS_LOG, record)
+            metrics.write(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
 
 
@@ -210,11 +211,15 @@ def train_and_evaluate(task, cfg: FinetuneConfig, backbone, meta: dict, out_dir:
                        progress: dict) -> tuple[dict, dict]:
     """prepare, train, evaluate every test set. Returns (metrics by test set, skip counts)."""
     model, train_set, tests = prepare(task, cfg, backbone, meta)
-    train(task, model, train_set, cfg, out_dir, progress)
-    cache: dict = {}
-    metrics = {name: task.evaluate(model, data, cfg, cache) for name, data in tests.items()}
-    flat = {f"{name}/{key}": value for name, values in metrics.items() for key, value in values.items()}
-    append_jsonl(out_dir / METRICS_LOG, {"step": cfg.train.steps, **flat})
+    metrics_log = MetricsLog(out_dir / METRICS_LOG, cfg.logging, out_dir.name)
+    try:
+        train(task, model, train_set, cfg, metrics_log, progress)
+        cache: dict = {}
+        metrics = {name: task.evaluate(model, data, cfg, cache) for name, data in tests.items()}
+        flat = {f"{name}/{key}": value for name, values in metrics.items() for key, value in values.items()}
+        metrics_log.write({"step": cfg.train.steps, **flat})
+    finally:
+        metrics_log.close()
     skipped = {"train": dict(train_set.skipped), **{n: dict(d.skipped) for n, d in tests.items()}}
     return metrics, skipped
 

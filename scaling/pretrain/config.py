@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from datascale.config import require
+from datascale.metrics_log import LoggingSection
 from datascale.errors import ConfigError
 
 from data_tools.loader.config import LoaderConfig
@@ -114,6 +115,7 @@ class PretrainConfig:
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     monitor: MonitorSection = field(default_factory=MonitorSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
     seed: int = 0
 
     def validate(self) -> None:

@@ -31,10 +31,11 @@ import torch.distributed as dist
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from datascale.atomic import append_jsonl, write_json
+from datascale.atomic import write_json
 from datascale.errors import DataError, DatascaleError
 from datascale.launch import ensure_process_group_env
 from datascale.lineage import config_record, is_complete, mark_complete, prepare_output_dir
+from datascale.metrics_log import MetricsLog
 from data_tools.loader.pipeline import make_eval_loader, make_train_loader
 from data_tools.subsets.subset import load_subset
 from scaling.models.backbones import MultiLabelClassifier, build_backbone
@@ -195,6 +196,7 @@ class RunContext:
     channels_last: bool
     model: object = None             # built (and an init_from checkpoint checked) before any process group
     finished: dict | None = None     # metrics.json of a run that is already complete
+    metrics: MetricsLog | None = None  # metrics.jsonl (+ TensorBoard / W&B), written by rank 0
 
     @property
     def input_dtype(self):
@@ -202,8 +204,10 @@ class RunContext:
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
 
     def log_metrics(self, record: dict) -> None:
-        if self.rank == 0:
-            append_jsonl(self.out / "metrics.jsonl", record)
+        if self.metrics is None:
+            self.metrics = MetricsLog(self.out / "metrics.jsonl", self.cfg.logging, self.train_set.name,
+                                      enabled=self.rank == 0)
+        self.metrics.write(record)
 
 
 @dataclass
@@ -391,6 +395,8 @@ def finish_run(run: RunContext, engine, tag: str | None, result: dict) -> dict:
                  "budget": budget}
         write_json(out / "metrics.json", final)
         mark_complete(out, {"steps": cfg.schedule.steps, "primary_metric": key})
+        if run.metrics is not None:
+            run.metrics.close()
     dist.barrier()
     return final
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from datascale.config import require
+from datascale.metrics_log import LoggingSection
 from scaling.models.registry import BACKBONES
 from scaling.tasks import TASKS
 
@@ -156,6 +157,7 @@ class FinetuneConfig:
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     pose: PoseConfig = field(default_factory=PoseConfig)
+    logging: LoggingSection = field(default_factory=LoggingSection)
 
     def validate(self) -> None:
         require(self.task in TASKS, "task", f"unknown task {self.task!r}; registered tasks: {', '.join(TASKS)}")
