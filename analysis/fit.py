@@ -38,15 +38,15 @@ from analysis.config import FitConfig
 from analysis.fit_models import FIT_MODELS, ErrorScale, FitModel, error_scale, metric_range
 from analysis.intervals import (CurvePoints, aicc, bootstrap_draws, distinct_per_row, expanded_level, lack_of_fit,
                                 pretraining_points, quantiles, refuse_nonfinite)
-from analysis.results import select
+from analysis.results import AXIS_COLUMNS, select
 from datascale.atomic import atomic_path
 from datascale.errors import DataError
 
 log = logging.getLogger(__name__)
 
-# A curve is one combination of these; more can be added with FitConfig.group_by.
-# "arch" is always a key, so runs of two architectures never share a curve.
-CURVE_KEYS = ["task", "metric", "test_set", "mode", "arch", "init"]
+# A curve is one combination of these (more with FitConfig.group_by): every axis of a study
+# but the pretraining seed, whose runs are replicates of one point (pretrain_run).
+CURVE_KEYS = ["task", "metric", "test_set", "mode", "arch", "init", "budget", "classes", "init_from"]
 # Columns that should be constant along one curve (rule 3: same compute for every size).
 SAME_ALONG_CURVE = ("steps", "num_classes")
 BACKBONE_COLUMN = "pretrain_run"
@@ -371,6 +371,8 @@ def fit_table(results: pd.DataFrame, config: FitConfig | None = None, progress: 
     config = config or FitConfig()
     results = select(results, config.where)
     keys = curve_keys(config)
+    # A table without the study's other axes has one value of each (null).
+    results = results.assign(**{c: pd.NA for c in AXIS_COLUMNS if c not in results.columns})
     missing = [c for c in keys + ["subset_images", "value", "seed", "run_dir"] if c not in results.columns]
     if missing:
         raise DataError(f"the results table lacks columns {', '.join(missing)}")

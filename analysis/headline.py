@@ -34,6 +34,25 @@ def main_metrics(results: pd.DataFrame) -> dict[str, str]:
     return out
 
 
+# A study's other axes (scaling.study): the headline shows each at its most common value.
+SETTING_COLUMNS = ("arch", "budget", "classes", "init_from")
+
+
+def main_setting(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the study's main setting: for each axis column, its most common value among
+    pretrained runs (random-init rows are kept for the architecture alone)."""
+    sized = rows[rows["subset_images"].notna()]
+    for column in SETTING_COLUMNS:
+        if column not in rows or sized.empty or sized[column].nunique(dropna=False) < 2:
+            continue
+        value = sized[column].astype(str).mode().iloc[0]
+        keep = rows[column].astype(str) == value
+        if column != "arch":
+            keep |= rows["subset_images"].isna()
+        rows, sized = rows[keep], sized[sized[column].astype(str) == value]
+    return rows
+
+
 def _bound(metric_values: pd.Series) -> float:
     """1 for metrics in [0, 1], 100 for percentages, inf otherwise."""
     high = float(metric_values.max())
@@ -58,8 +77,8 @@ def headline_table(results: pd.DataFrame, fits: pd.DataFrame, test_set: str = "o
     slope per 10x [interval], verdict. Means are over every run at a size."""
     metrics = main_metrics(results)
     rows = []
-    main = results[(results["test_set"] == test_set)
-                   & (results["metric"] == results["task"].astype(str).map(metrics))]
+    main = main_setting(results[(results["test_set"] == test_set)
+                                & (results["metric"] == results["task"].astype(str).map(metrics))])
     for (task, mode), group in main.groupby(["task", "mode"], sort=True):
         sized = group[group["subset_images"].notna()]
         if sized.empty:

@@ -44,16 +44,18 @@ LINEAGE_FILE = "collect.yaml"
 # Columns of results.parquet, in order (docs/formats.md, "Results").
 TEXT_COLUMNS = ("task", "metric", "test_set", "mode", "arch", "init", "subset_name",
                 "run_dir", "pretrain_run", "stage")
-INT_COLUMNS = ("subset_images", "num_classes", "steps", "seed")
+INT_COLUMNS = ("subset_images", "num_classes", "steps", "seed", "pretrain_seed")
+# The study's axes besides size and architecture (scaling.study): each value its own curve.
+AXIS_COLUMNS = ("budget", "classes", "init_from")
 # The pretraining budget of the backbone (passes over its subset, mAP@100 still to gain, converged).
 FLOAT_COLUMNS = ("pretrain_passes", "pretrain_map_gain")
 # is_primary: the metric the run's task names as its main one (complete.json "primary_metric").
 BOOL_COLUMNS = ("pretrain_converged", "is_primary")
 COLUMNS = ("task", "metric", "test_set", "value", "mode", "arch", "init", "subset_name",
            "subset_images", "num_classes", "steps", "seed", "run_dir", "pretrain_run", "stage",
-           *FLOAT_COLUMNS, *BOOL_COLUMNS)
+           *FLOAT_COLUMNS, *BOOL_COLUMNS, *AXIS_COLUMNS, "pretrain_seed")
 # Columns a table written before they existed may lack (filled with nulls on reading).
-OPTIONAL_COLUMNS = FLOAT_COLUMNS + BOOL_COLUMNS
+OPTIONAL_COLUMNS = FLOAT_COLUMNS + BOOL_COLUMNS + AXIS_COLUMNS + ("pretrain_seed",)
 # The least a researcher's own table needs for `datascale fit`; the rest is filled (read_results).
 MINIMAL_COLUMNS = ("task", "metric", "subset_images", "value")
 FILLED = {"test_set": "original", "mode": "finetune", "arch": "unknown"}
@@ -136,6 +138,8 @@ def _lineage_columns(record: dict) -> tuple[dict, str]:
     if missing:
         return {}, f"lineage lacks {', '.join(missing)}"
     columns = {k: lineage.get(k) for k in TEXT_COLUMNS + INT_COLUMNS + OPTIONAL_COLUMNS if k in lineage}
+    if columns.get("init_from") is not None:
+        columns["init_from"] = str(columns["init_from"])
     for key in INT_COLUMNS:
         value = columns.get(key)
         if value is not None and not (isinstance(value, int) and not isinstance(value, bool)):
@@ -252,7 +256,7 @@ def to_frame(rows: list[dict]) -> pd.DataFrame:
     for column in BOOL_COLUMNS:
         frame[column] = pd.array([None if v is None or v != v else bool(v) for v in frame[column]],
                                  dtype="boolean")
-    for column in TEXT_COLUMNS:
+    for column in TEXT_COLUMNS + AXIS_COLUMNS:
         frame[column] = frame[column].astype("string")
     return frame
 
@@ -273,7 +277,9 @@ def read_results(path: str | Path) -> pd.DataFrame:
         frame = complete_table(frame, path)
     for column in OPTIONAL_COLUMNS:
         if column not in frame.columns:
-            frame[column] = pd.array([None] * len(frame), dtype="boolean" if column in BOOL_COLUMNS else "Float64")
+            dtype = ("boolean" if column in BOOL_COLUMNS else "string" if column in AXIS_COLUMNS
+                     else "Int64" if column in INT_COLUMNS else "Float64")
+            frame[column] = pd.array([None] * len(frame), dtype=dtype)
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"{path} lacks columns {', '.join(missing)}; re-run `datascale results collect`")

@@ -6,6 +6,8 @@ Rule 3 of the design: every subset pretrains on the same step schedule
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -84,6 +86,10 @@ class DeepSpeedSection:
 @dataclass
 class ScheduleSection:
     steps: int = 1000          # optimizer steps, the same for every subset
+    # > 0: the budget is this many passes over the subset instead ("same epochs"): steps become
+    # ceil(epochs x subset images / global_batch), and lr_decay_every, eval_every and
+    # checkpoint_every scale with them (resolve_schedule).
+    epochs: float = 0.0
     global_batch: int = 32     # images per optimizer step over all ranks
     log_every: int = 10
     eval_every: int = 200
@@ -94,6 +100,8 @@ class ScheduleSection:
         for name in ("steps", "global_batch", "log_every", "eval_every", "checkpoint_every",
                      "keep_checkpoints"):
             require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        require(self.epochs >= 0 and math.isfinite(self.epochs), "epochs",
+                f"must be 0 (same steps for every subset) or a positive number of passes, got {self.epochs}")
 
 
 @dataclass
@@ -171,3 +179,33 @@ def deepspeed_json(cfg: PretrainConfig, world_size: int, precision: str) -> dict
         "wall_clock_breakdown": False,
         "seed": cfg.seed,
     }
+
+
+def resolve_schedule(cfg: PretrainConfig, subset_images: int) -> PretrainConfig:
+    """The config with a "same epochs" budget turned into steps for this subset (a copy).
+
+    With ``schedule.epochs`` 0 (the paper's subset study: same steps for every
+    subset) the config is returned as it is. Otherwise steps = ceil(epochs x
+    images / global_batch), and the step-counted settings keep their share of
+    the schedule (lr decay, evaluations, checkpoints).
+    """
+    schedule = cfg.schedule
+    if not schedule.epochs:
+        return cfg
+    steps = max(1, math.ceil(schedule.epochs * subset_images / schedule.global_batch))
+    scale = steps / schedule.steps
+
+    def scaled(value: int) -> int:
+        return max(1, round(value * scale))
+
+    new_schedule = dataclasses.replace(schedule, steps=steps, eval_every=scaled(schedule.eval_every),
+                                       checkpoint_every=scaled(schedule.checkpoint_every),
+                                       log_every=min(schedule.log_every, steps))
+    optim = dataclasses.replace(cfg.optim, lr_decay_every=scaled(cfg.optim.lr_decay_every))
+    return dataclasses.replace(cfg, schedule=new_schedule, optim=optim)
+
+
+def budget_label(cfg: PretrainConfig) -> str:
+    """The budget axis value of a run: ``epochs:E`` or ``steps:N`` (a results column)."""
+    epochs = cfg.schedule.epochs
+    return f"epochs:{epochs:g}" if epochs else f"steps:{cfg.schedule.steps}"

@@ -41,7 +41,8 @@ from data_tools.subsets.subset import load_subset
 from scaling.models.backbones import MultiLabelClassifier, build_backbone
 from scaling.models.files import load_backbone, save_backbone
 from scaling.pretrain import checkpoint as ckpt
-from scaling.pretrain.config import PretrainConfig, deepspeed_json, resolve_precision
+from scaling.pretrain.config import (PretrainConfig, budget_label, deepspeed_json, resolve_precision,
+                                     resolve_schedule)
 from scaling.pretrain.map_metric import TopKAccumulator
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,10 @@ def run_lineage(cfg: PretrainConfig, train, vocab, world_size: int) -> dict:
             "init_from": cfg.model.init_from or None,
             "subset_name": train.name, "subset_images": int(train.images),
             "num_classes": len(vocab), "steps": cfg.schedule.steps,
-            "global_batch": cfg.schedule.global_batch, "world_size": world_size}
+            "global_batch": cfg.schedule.global_batch, "world_size": world_size,
+            # The study's axes (scaling.study): budget, class restriction, pretraining seed.
+            "budget": budget_label(cfg), "classes": f"{len(train.classes)} classes" if train.classes else "all",
+            "pretrain_seed": cfg.seed}
 
 
 def build_model(cfg: PretrainConfig, num_classes: int, device, channels_last: bool):
@@ -235,6 +239,7 @@ def start_run(cfg: PretrainConfig, out: Path, force: bool) -> RunContext:
     already holds this run complete.
     """
     train_set, evalset, vocab = resolve_data(cfg)
+    cfg = resolve_schedule(cfg, train_set.images)
     world_size, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     cuda = torch.cuda.is_available()
     precision = resolve_precision(cfg, cuda, cuda and torch.cuda.is_bf16_supported())
@@ -271,6 +276,7 @@ def train(cfg: PretrainConfig, out: Path, progress: bool = True, force: bool = F
     run = start_run(cfg, out, force)
     if run.finished is not None:
         return run.finished
+    cfg = run.cfg  # a "same epochs" budget is resolved to this subset's steps
     optimizer, scheduler = build_optimizer(cfg, run.model)
     engine = build_engine(run.model, optimizer, scheduler, run.ds_config, run.world_size)
     ckpt_dir = out / "checkpoints"

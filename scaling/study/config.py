@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from datascale.config import require
+from scaling.study.axes import AxesSection
 from scaling.tasks import TASKS
 
 
@@ -115,6 +116,7 @@ class StudyConfig:
     shards: ShardsSection = field(default_factory=ShardsSection)
     subsets: SubsetsSection = field(default_factory=SubsetsSection)
     pretrain: PretrainSection = field(default_factory=PretrainSection)
+    axes: AxesSection = field(default_factory=AxesSection)
     dedup: DedupSection = field(default_factory=DedupSection)
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
     analysis: AnalysisSection = field(default_factory=AnalysisSection)

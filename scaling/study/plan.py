@@ -17,6 +17,7 @@ exactly the stages (and the downstream stages) whose config or inputs changed
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shlex
@@ -30,6 +31,8 @@ from datascale.config import load_config
 from datascale.errors import DatascaleError
 from data_tools.dedup.schema import DedupConfig
 from scaling.pretrain.config import PretrainConfig
+from scaling.study.axes import PretrainPoint, expand, point_sets
+from scaling.study.axes import defaults as axis_defaults
 from datascale.lineage import COMPLETE_FILE
 from scaling.tasks import check_task
 
@@ -111,25 +114,34 @@ def build_plan(cfg) -> Plan:
     else:
         shards, evalset = Path(cfg.data.shards), Path(cfg.data.eval)
     names = [_subset_name(s) for s in cfg.subsets.sizes]
-    subsets = root / "subsets"
-    plan.add("subsets", "nested subsets", ["subsets", "make", str(shards), "--sizes", ",".join(cfg.subsets.sizes),
-                                           "--names", ",".join(names), "--out", str(subsets), "--force"],
-             subsets / names[-1])
-    backbones = {}
-    for name in names:
-        run = root / "runs" / "pretrain" / name
+    base = _pretrain_base(cfg)
+    points = expand(cfg.axes, names, base.model.arch, base.seed)
+    default = axis_defaults(cfg.axes, names, base.model.arch, base.seed)
+    for classes in cfg.axes.classes:  # nested subsets, and class-restricted ones at equal image counts
+        folder = dataclasses.replace(default, classes=classes).subsets_folder(root)
+        restrict = [] if classes == "all" else ["--top-classes", classes.split(":")[1]]
+        plan.add("subsets", f"nested subsets ({classes} classes)" if restrict else "nested subsets",
+                 ["subsets", "make", str(shards), "--sizes", ",".join(cfg.subsets.sizes), "--names", ",".join(names),
+                  *restrict, "--out", str(folder), "--force"], folder / names[-1])
+    backbones: dict[PretrainPoint, Path] = {}
+    defaults_by_size = {p.size: root / "runs" / "pretrain" / p.name(default) for p in points
+                        if dataclasses.replace(p, size=default.size) == default}
+    for point in points:
+        run = root / "runs" / "pretrain" / point.name(default)
         argv = ["pretrain", "--config", cfg.pretrain.config, *_sets(cfg.pretrain.set),
-                "--set", f"data.train={subsets / name}", "--set", f"data.eval={evalset}",
+                *_sets(point_sets(point, base, defaults_by_size)),
+                "--set", f"data.train={point.subsets_folder(root) / point.size}", "--set", f"data.eval={evalset}",
                 "--out", str(run), "--force", "--no-progress"]
         if cfg.launcher == "deepspeed":
             argv = ["launch", "--hostfile", cfg.hostfile, "--nproc", str(cfg.pretrain.nproc), *argv]
         elif cfg.pretrain.nproc > 1:
             argv += ["--nproc", str(cfg.pretrain.nproc)]
-        plan.add("pretrain", f"pretrain {name}", argv, run, distributed=cfg.launcher == "deepspeed",
-                 subprocess=True)
-        backbones[name] = run / "backbone.pt"
-    cleaned = _plan_dedup(cfg, plan, root, subsets / names[-1], backbones[names[-1]])
-    _plan_finetune(cfg, plan, root, backbones, cleaned)
+        plan.add("pretrain", f"pretrain {point.name(default)}", argv, run,
+                 distributed=cfg.launcher == "deepspeed", subprocess=True)
+        backbones[point] = run / "backbone.pt"
+    cleaned = _plan_dedup(cfg, plan, root, root / "subsets" / names[-1], backbones[default])
+    _plan_finetune(cfg, plan, root, {p.name(default): b for p, b in backbones.items()}, cleaned,
+                   sorted({p.arch for p in points}, key=[p.arch for p in points].index), default.arch)
     results = root / "results"
     # Exactly the planned runs: a folder left from an earlier config is not collected.
     runs = [str(s.out) for s in plan.steps if s.stage in ("pretrain", "finetune")]
@@ -187,30 +199,31 @@ def _plan_dedup(cfg, plan: Plan, root: Path, pool: Path, largest_backbone: Path)
     return cleaned
 
 
-def _pretrain_arch(cfg) -> str:
-    """The architecture the pretraining config builds (the random-init baseline uses it too)."""
-    pre = load_config(PretrainConfig, cfg.pretrain.config,
-                      [*cfg.pretrain.set, "data.train=unused", "data.eval=unused"])
-    return pre.model.arch
+def _pretrain_base(cfg) -> PretrainConfig:
+    """The pretraining config every point starts from (its arch, seed and schedule are the defaults)."""
+    return load_config(PretrainConfig, cfg.pretrain.config, [*cfg.pretrain.set, "data.train=unused",
+                                                              "data.eval=unused"])
 
 
-def _plan_finetune(cfg, plan: Plan, root: Path, backbones: dict[str, Path], cleaned: dict) -> None:
-    inits = dict(backbones)
+def _plan_finetune(cfg, plan: Plan, root: Path, backbones: dict[str, Path], cleaned: dict,
+                   archs: list[str], default_arch: str) -> None:
+    """Every task x mode x backbone x seed, plus a random-init baseline per architecture."""
+    inits: dict[str, tuple[Path | None, str]] = {name: (path, "") for name, path in backbones.items()}
     if cfg.finetune.random_init:
-        inits["random"] = None
+        for arch in archs:
+            inits["random" if arch == default_arch else f"random-{arch}"] = (None, arch)
     for task in cfg.finetune.tasks:
         data, _ = _task_paths(cfg, root, task)
         spec = cfg.tasks.get(task)
         config = (spec.config if spec and spec.config else f"finetune/{task}")
         extra = _sets(cfg.finetune.set) + _sets(spec.set if spec else [])
         for mode in cfg.finetune.modes:
-            for init, backbone in inits.items():
+            for init, (backbone, arch) in inits.items():
                 for seed in (spec.seeds if spec and spec.seeds else cfg.finetune.seeds):
                     run = root / "runs" / "finetune" / task / mode / f"{init}-seed{seed}"
                     argv = ["finetune", "--task", task, "--mode", mode, "--config", config,
                             "--data", str(data), "--seed", str(seed), *extra, "--out", str(run), "--force"]
-                    argv += (["--backbone", str(backbone)] if backbone
-                             else ["--init", "random", "--arch", _pretrain_arch(cfg)])
+                    argv += (["--backbone", str(backbone)] if backbone else ["--init", "random", "--arch", arch])
                     if task in cleaned:
                         argv += ["--cleaned-test", str(cleaned[task])]
                     plan.add("finetune", f"{task} {mode} {init} seed {seed}", argv, run)

@@ -1,0 +1,80 @@
+"""A study config names its axes; `datascale study` expands the grid into ordinary commands."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from datascale import cli
+from datascale.config import load_config
+from datascale.errors import ConfigError
+from scaling.pretrain.config import PretrainConfig, budget_label, resolve_schedule
+from scaling.study.config import StudyConfig
+from scaling.study.plan import build_plan
+
+
+def _plan(*sets):
+    return build_plan(load_config(StudyConfig, "studies/demo", list(sets)))
+
+
+def _pretrain_runs(plan):
+    return {s.out.name: s.argv for s in plan.steps if s.stage == "pretrain"}
+
+
+def test_the_grid_is_every_combination_and_adding_a_value_renames_nothing():
+    before = _pretrain_runs(_plan())
+    grid = _plan("axes.pretrain_seed=[0, 1]", "axes.classes=[all, 'top:50']", "axes.budget=['steps:1', 'epochs:4']",
+                 "axes.arch=[resnet_demo, resnet50]")
+    after = _pretrain_runs(grid)
+    assert len(after) == 4 * 2 * 2 * 2 * 2
+    assert set(before) <= set(after)  # the runs that were there keep their folders
+    assert {"240", "240-seed1", "240-top50", "240-epochs4", "240-resnet50", "7200-resnet50-epochs4-top50-seed1"} <= set(after)
+    argv = after["7200-resnet50-epochs4-top50-seed1"]
+    assert {"model.arch=resnet50", "seed=1", "schedule.epochs=4"} <= set(argv)
+    assert any(a.endswith("subsets_top50/7200") for a in argv)
+    subsets = [s for s in grid.steps if s.stage == "subsets"]
+    assert [s.argv[s.argv.index("--out") + 1].split("/")[-1] for s in subsets] == ["subsets", "subsets_top50"]
+    assert "--top-classes" in subsets[1].argv and "50" in subsets[1].argv
+    # Fine-tuning covers every backbone, and random init once per architecture.
+    finetune = {s.out.name for s in grid.steps if s.stage == "finetune" and "/segmentation/frozen/" in str(s.out)}
+    assert {"random-seed0", "random-resnet50-seed0", "7200-resnet50-epochs4-top50-seed1-seed0"} <= finetune
+
+
+def test_steps_budget_scales_the_schedule_and_init_from_the_study_chains_runs():
+    runs = _pretrain_runs(_plan("axes.budget=['steps:1', 'steps:2']", "axes.init_from=['', 'study:7200']"))
+    base = load_config(PretrainConfig, "pretrain/demo", ["data.train=t", "data.eval=e"])
+    twice = runs["240-steps2"]
+    assert f"schedule.steps={2 * base.schedule.steps}" in twice
+    assert f"optim.lr_decay_every={2 * base.optim.lr_decay_every}" in twice
+    chained = runs["720-from-study-7200"]
+    assert any(a.startswith("model.init_from=") and a.endswith("runs/pretrain/7200/backbone.pt") for a in chained)
+    names = list(runs)
+    assert names.index("7200") < names.index("240-from-study-7200")  # the run it starts from comes first
+
+
+def test_same_epochs_budget_resolves_per_subset_and_labels_the_run():
+    cfg = load_config(PretrainConfig, "pretrain/demo", ["data.train=t", "data.eval=e", "schedule.epochs=4"])
+    small, large = resolve_schedule(cfg, 240), resolve_schedule(cfg, 7200)
+    batch = cfg.schedule.global_batch
+    assert small.schedule.steps == -(-4 * 240 // batch) and large.schedule.steps == -(-4 * 7200 // batch)
+    assert large.optim.lr_decay_every > small.optim.lr_decay_every
+    assert budget_label(small) == "epochs:4" and budget_label(load_config(
+        PretrainConfig, "pretrain/demo", ["data.train=t", "data.eval=e"])) == f"steps:{cfg.schedule.steps}"
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("axes.budget=['weeks:2']", "use steps:M"),
+    ("axes.classes=['top:x']", "use all or top:K"),
+    ("axes.arch=[resnet9]", "unknown architecture 'resnet9'"),
+    ("axes.pretrain_seed=[1, 1]", "lists a value twice"),
+])
+def test_bad_axis_values_are_config_errors(setting, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(StudyConfig, "studies/demo", [setting])
+
+
+def test_dry_run_prints_the_expanded_grid(capsys):
+    assert cli.main(["study", "--dry-run", "--set", "axes.pretrain_seed=[0,1]"]) == 0
+    commands = [shlex.split(line) for line in capsys.readouterr().out.splitlines() if line.startswith("datascale pretrain")]
+    assert len(commands) == 8
