@@ -146,7 +146,8 @@ def run_fit(args: argparse.Namespace) -> int:
 def run_plot(args: argparse.Namespace) -> int:
     """``datascale plot``: figures into OUT/plots/ and OUT/report.md."""
     from analysis.fit import FIT_FILES, read_fits
-    from analysis.plots import plot_headline, plot_scaling, read_reference
+    from analysis.axes import varied_axes
+    from analysis.plots import plot_axis, plot_headline, plot_scaling, read_reference
     from analysis.report import PLOTS_DIR, write_report
     from analysis.results import read_results, select
 
@@ -164,7 +165,10 @@ def run_plot(args: argparse.Namespace) -> int:
         return 0
     reference = read_reference(args.reference) if args.reference else None
     written = plot_scaling(results, fits, out_dir / PLOTS_DIR, config, reference)
-    written += plot_headline(select(results, config.where), out_dir / PLOTS_DIR, config)
+    selected = select(results, config.where)
+    written += plot_headline(selected, out_dir / PLOTS_DIR, config)
+    for axis in varied_axes(selected):
+        written += plot_axis(selected, axis, out_dir / PLOTS_DIR, config)
     report = write_report(out_dir, figures=[p for p in written if p.suffix == ".png"])
     _finish(out_dir, "plot", record, {"figures": len(written)})
     print(f"wrote {len(written)} figure files -> {out_dir / PLOTS_DIR}")

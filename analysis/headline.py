@@ -38,19 +38,26 @@ def main_metrics(results: pd.DataFrame) -> dict[str, str]:
 SETTING_COLUMNS = ("arch", "budget", "classes", "init_from")
 
 
-def main_setting(rows: pd.DataFrame) -> pd.DataFrame:
-    """The rows of the study's main setting: for each axis column, its most common value among
-    pretrained runs (random-init rows are kept for the architecture alone)."""
-    sized = rows[rows["subset_images"].notna()]
-    for column in SETTING_COLUMNS:
+def main_setting(rows: pd.DataFrame, vary: str | None = None) -> pd.DataFrame:
+    """The rows of the study's main setting: for each axis column (but ``vary``), its main value
+    among pretrained runs (random-init rows are kept for the architecture alone)."""
+    sized = rows[rows["subset_images"].notna()] if "subset_images" in rows else rows
+    for column in (c for c in SETTING_COLUMNS if c != vary):
         if column not in rows or sized.empty or sized[column].nunique(dropna=False) < 2:
             continue
-        value = sized[column].astype(str).mode().iloc[0]
+        value = main_value(sized[column], column)
         keep = rows[column].astype(str) == value
-        if column != "arch":
+        if column != "arch" and "subset_images" in rows:
             keep |= rows["subset_images"].isna()
         rows, sized = rows[keep], sized[sized[column].astype(str) == value]
     return rows
+
+
+def main_value(values: pd.Series, column: str) -> str:
+    """An axis's main value: ``all`` classes or no ``init_from`` when present, else the most common."""
+    texts = values.astype(str)
+    preferred = {"classes": "all", "init_from": "<NA>"}.get(column)
+    return preferred if preferred in set(texts) else texts.mode().iloc[0]
 
 
 def _bound(metric_values: pd.Series) -> float:

@@ -29,7 +29,7 @@ from matplotlib.lines import Line2D
 
 from analysis.config import PLOT_FORMATS, PlotConfig
 from analysis.fit import FitOutput
-from analysis.headline import images_text, main_metrics
+from analysis.headline import images_text, main_metrics, main_setting
 from analysis.report import fit_keys
 from analysis.results import select
 from datascale.atomic import atomic_path
@@ -224,7 +224,7 @@ def plot_headline(results: pd.DataFrame, out_dir: str | Path, config: PlotConfig
     """
     config = config or PlotConfig()
     metrics = main_metrics(results)
-    main = results[results["metric"] == results["task"].astype(str).map(metrics)]
+    main = main_setting(results[results["metric"] == results["task"].astype(str).map(metrics)])
     tasks = sorted(t for t in metrics if main[main["task"] == t]["subset_images"].notna().any())
     if not tasks:
         return []
@@ -245,8 +245,6 @@ def plot_headline(results: pd.DataFrame, out_dir: str | Path, config: PlotConfig
 
 
 def _headline_panel(ax, rows: pd.DataFrame, palette: dict) -> None:
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
-
     sized = rows[rows["subset_images"].notna()]
     for (mode, test_set), group in sized.groupby(["mode", "test_set"]):
         if test_set not in ("original", "cleaned"):
@@ -258,13 +256,47 @@ def _headline_panel(ax, rows: pd.DataFrame, palette: dict) -> None:
                 label=f"{mode}, {test_set}")
     for mode, group in rows[rows["subset_images"].isna() & (rows["test_set"] == "original")].groupby("mode"):
         ax.axhline(group["value"].mean(), color=palette[mode], linestyle=":", linewidth=1.2)
-    sizes = sorted(sized["subset_images"].dropna().astype(float).unique())
+    _size_axis(ax, rows)
+
+
+def plot_axis(results: pd.DataFrame, axis: str, out_dir: str | Path, config: PlotConfig | None = None) -> list[Path]:
+    """``axis_AXIS.png|svg``: the main metric per task and mode against data, one line per axis
+    value (curves per architecture on one panel, as the paper's Fig. 5)."""
+    config = config or PlotConfig()
+    metrics = main_metrics(results)
+    main = results[(results["metric"] == results["task"].astype(str).map(metrics))
+                   & (results["test_set"] == "original") & results["subset_images"].notna()]
+    panels = sorted({(str(t), str(m)) for t, m in zip(main["task"], main["mode"])})
+    if not panels:
+        return []
+    values = sorted(main[axis].astype(str).unique())
+    palette = dict(zip(values, sns.color_palette("colorblind", len(values))))
+    with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.8):
+        figure = Figure(figsize=(config.panel_width * len(panels), config.panel_height + 0.8), layout="constrained")
+        FigureCanvasAgg(figure)
+        for ax, (task, mode) in zip(figure.subplots(1, len(panels), squeeze=False).ravel(), panels):
+            rows = main[(main["task"].astype(str) == task) & (main["mode"].astype(str) == mode)]
+            for value, group in rows.groupby(rows[axis].astype(str)):
+                means = group.groupby("subset_images")["value"].mean()
+                ax.plot(means.index.astype(float), means.values, marker="o", color=palette[value], label=value)
+            _size_axis(ax, rows)
+            ax.set_title(f"{task} ({mode}): {metrics[task]}")
+        handles, labels = figure.axes[0].get_legend_handles_labels()
+        figure.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False, title=axis)
+    return _save(figure, Path(out_dir) / f"axis_{axis}", config)
+
+
+def _size_axis(ax, rows: pd.DataFrame) -> None:
+    """Log x axis with ticks at the subset sizes; a bounded metric's y axis kept in its range."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    sizes = sorted(rows["subset_images"].dropna().astype(float).unique())
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(FixedLocator(sizes))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: images_text(x)))
     ax.set_xlabel("pretraining images")
-    high = float(rows["value"].max())
+    high = float(rows["value"].max()) if len(rows) else 1.0
     bound = 1.0 if high <= 1 else (100.0 if high <= 100 else None)
     if bound is not None:
         ax.set_ylim(0, min(bound, high * 1.15 + 0.01 * bound))

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from analysis.axes import axis_sections
 from analysis.fit import read_fits
 from analysis.headline import caveats, headline_table, main_metrics
 from analysis.results import EXCLUDED_FILE, read_results
@@ -192,6 +193,7 @@ def write_report(results_dir: str | Path, figures: Sequence[str | Path] | None =
     notes = caveats(headline, fits.fits, results)
     parts += ["## What this study does not show\n", "\n".join(f"- {n}" for n in notes) + "\n" if notes
               else "Nothing flagged: every task grows with data, beats random init and converged.\n"]
+    parts += axis_sections(results, fits.fits, markdown_table)
     parts += _budget_section(results, fits.fits)
     parts += _cleaned_section(results, results_dir)
     parts += _detail_files(results_dir, results, fits, figures)
@@ -228,7 +230,7 @@ def _detail_files(results_dir: Path, results: pd.DataFrame, fits, figures) -> li
              ["value"].agg(["mean", "std", "count"]).reset_index())
     with atomic_path(results_dir / "report_metrics.csv") as tmp:
         table.to_csv(tmp, index=False)
-    others = [Path(f) for f in figures if Path(f).stem != "headline"]
+    others = [Path(f) for f in figures if Path(f).stem != "headline" and not Path(f).stem.startswith("axis_")]
     lines = ["## Details\n",
              f"- `report_fits.csv`: every curve and model ({len(summary)} rows: slopes, limits, AICc, "
              "lack of fit, notes); `fits.csv` has every number.",
