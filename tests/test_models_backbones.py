@@ -94,3 +94,10 @@ def test_classifier_starts_every_class_near_its_prior():
 def test_classifier_rejects_a_prior_outside_zero_one(prior):
     with pytest.raises(ConfigError, match="prior"):
         MultiLabelClassifier(build_backbone("resnet_demo"), num_classes=3, prior=prior)
+
+
+def test_demo_capacity_axis_widths_order_the_parameter_counts():
+    counts = {arch: sum(p.numel() for p in build_backbone(arch).parameters())
+              for arch in ("resnet_demo_narrow", "resnet_demo", "resnet_demo_wide")}
+    assert counts["resnet_demo_narrow"] < counts["resnet_demo"] < counts["resnet_demo_wide"]
+    assert build_backbone("resnet_demo_wide").feature_dim == 256

@@ -125,6 +125,16 @@ def demo_resnet(replace_stride_with_dilation: Dilation) -> nn.Module:
     return DemoResNet(replace_stride_with_dilation=replace_stride_with_dilation)
 
 
+# The demo's capacity axis (the paper's ResNet-50/101/152 question at CPU size): half and
+# twice the channels of resnet_demo at the same depth.
+def demo_resnet_narrow(replace_stride_with_dilation: Dilation) -> nn.Module:
+    return DemoResNet(widths=(8, 16, 32, 64), replace_stride_with_dilation=replace_stride_with_dilation)
+
+
+def demo_resnet_wide(replace_stride_with_dilation: Dilation) -> nn.Module:
+    return DemoResNet(widths=(32, 64, 128, 256), replace_stride_with_dilation=replace_stride_with_dilation)
+
+
 def _torchvision(name: str, replace_stride_with_dilation: Dilation) -> nn.Module:
     import torchvision
 

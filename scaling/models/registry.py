@@ -32,6 +32,10 @@ class BackboneEntry:
 BACKBONES: dict[str, BackboneEntry] = {
     "resnet_demo": BackboneEntry("scaling.models.backbones:demo_resnet", 32,
                                  "a small ResNet for 48-128 px images on a CPU (dilation-capable)"),
+    "resnet_demo_narrow": BackboneEntry("scaling.models.backbones:demo_resnet_narrow", 32,
+                                        "resnet_demo with half the channels (the demo's capacity axis)"),
+    "resnet_demo_wide": BackboneEntry("scaling.models.backbones:demo_resnet_wide", 32,
+                                      "resnet_demo with twice the channels (the demo's capacity axis)"),
     "resnet50": BackboneEntry("scaling.models.backbones:torchvision_resnet50", 160, "torchvision ResNet-50"),
     "resnet101": BackboneEntry("scaling.models.backbones:torchvision_resnet101", 160, "torchvision ResNet-101"),
     "resnet152": BackboneEntry("scaling.models.backbones:torchvision_resnet152", 160, "torchvision ResNet-152"),
