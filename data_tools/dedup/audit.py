@@ -39,6 +39,7 @@ from data_tools.dedup.align import align_neighbours
 from data_tools.dedup.build import META_FILE, index_is_complete, read_meta
 from data_tools.dedup.calibration import Calibration, GroundTruth, joint_calibration, load_ground_truth
 from data_tools.dedup.embedders import Embedder, make_embedder
+from data_tools.dedup.heldout import cross_validate
 from data_tools.dedup.prepare import PreparePool, embed_prepared
 from data_tools.dedup.index import IndexPlan, open_index, search_rescored
 from data_tools.dedup.schema import AuditConfig, EmbedderConfig
@@ -166,6 +167,19 @@ def _threshold(cfg: AuditConfig, fitted: Calibration | None, default: float) -> 
     return default, f"the embedder's default ({reason})"
 
 
+def _joint_record(fitted: Calibration | None, cfg: AuditConfig, threshold: float,
+                  default: float) -> dict | None:
+    """The joint calibration record with its held-out (cross-validated) precision and recall."""
+    if fitted is None:
+        return None
+    record = fitted.record(threshold, cfg.sweep, cfg.confidence)
+    tuned = cfg.threshold is None and fitted.calibrated is not None
+    record["held_out"] = cross_validate(fitted, folds=cfg.cv_folds, seed=cfg.cv_seed,
+                                        confidence=cfg.confidence, fallback=default,
+                                        fixed=None if tuned else threshold)
+    return record
+
+
 def _sweep(table, cfg: AuditConfig, threshold: float, readable: int) -> list[dict]:
     top = table.groupby("test_id")["score"].max().to_numpy() if len(table) else np.zeros(0)
     points = sorted(set(cfg.sweep) | {threshold})
@@ -223,7 +237,8 @@ def write_audit(index: LoadedIndex, done: Searched, cfg: AuditConfig, threshold:
     out_dir, testset, table = done.out_dir, done.testset, done.table
     calibration = None
     if done.truth is not None:
-        calibration = Calibration(table, done.truth, cfg.target_precision).record(threshold, cfg.sweep)
+        calibration = Calibration(table, done.truth, cfg.target_precision).record(
+            threshold, cfg.sweep, cfg.confidence)
     table["is_duplicate"] = table["score"] >= threshold
     with atomic_path(out_dir / "duplicates.parquet") as tmp:
         table.to_parquet(tmp, index=False)
@@ -240,7 +255,9 @@ def write_audit(index: LoadedIndex, done: Searched, cfg: AuditConfig, threshold:
         "images_with_duplicate": len(flagged),
         "fraction_with_duplicate": len(flagged) / max(done.readable, 1),
         "sweep": _sweep(table, cfg, threshold, done.readable), "calibration": calibration,
-        "joint_calibration": joint, "cleaned": testset.write_clean(flagged, out_dir),
+        "joint_calibration": joint, "held_out": joint["held_out"] if joint else None,
+        "remaining_duplicates": _remaining(done, table, threshold, cfg),
+        "cleaned": testset.write_clean(flagged, out_dir),
         "seconds": round(done.seconds, 2),
     }
     from data_tools.dedup.report import write_report
@@ -248,6 +265,16 @@ def write_audit(index: LoadedIndex, done: Searched, cfg: AuditConfig, threshold:
     write_json(out_dir / "summary.json", summary)
     mark_complete(out_dir, {"images_with_duplicate": len(flagged), "threshold": threshold})
     return summary
+
+
+def _remaining(done: Searched, table, threshold: float, cfg: AuditConfig) -> dict | None:
+    """Copies estimated to remain in clean/, when the ground truth is a marked `dedup label` sample."""
+    if done.truth is None or done.truth.sample is None:
+        return None
+    from data_tools.dedup.labels import remaining_copies
+    best = table.groupby("test_id")["score"].max()
+    best.index = best.index.astype(str)
+    return remaining_copies(done.truth.sample, best, threshold, cfg.confidence)
 
 
 def _lineage(index: LoadedIndex, testset: TestSet, cfg: AuditConfig, truth: Path | None,
@@ -307,7 +334,7 @@ def run_audit(index_dir: str | Path, testsets: list[str], out_root: str | Path, 
         fitted = joint_calibration([(d.testset.name, d.table, d.truth) for d in searched],
                                    cfg.target_precision) if truth is not None else None
         threshold, source = _threshold(cfg, fitted, index.meta["default_threshold"])
-        joint = fitted.record(threshold, cfg.sweep) if fitted is not None else None
+        joint = _joint_record(fitted, cfg, threshold, index.meta["default_threshold"])
         if cfg.threshold is None and fitted is not None and fitted.calibrated is not None \
                 and len(searched) > 1:
             source += f" over {len(searched)} test sets together"

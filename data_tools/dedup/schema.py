@@ -150,6 +150,9 @@ class AuditConfig:
 
     threshold: float | None = None  # cosine; None: calibrated (with ground truth) or the embedder's default
     target_precision: float = 0.95  # calibration picks the lowest threshold reaching this precision
+    cv_folds: int = 5               # held-out precision/recall: folds over the labelled test images
+    cv_seed: int = 0                # ... their random assignment
+    confidence: float = 0.95        # Clopper-Pearson intervals of precision, recall, remaining copies
     k: int = 10                     # neighbours kept per test image
     candidates: int = 64            # index candidates per query view, re-scored exactly
     nprobe: int | None = None       # None: the index's own setting
@@ -167,6 +170,8 @@ class AuditConfig:
             require(-1.0 <= self.threshold <= 1.0, "threshold",
                     f"is a cosine similarity and must be in [-1, 1], got {self.threshold}")
         require(0.0 < self.target_precision <= 1.0, "target_precision", "must be in (0, 1]")
+        require(self.cv_folds >= 2, "cv_folds", "must be at least 2")
+        require(0.5 <= self.confidence < 1.0, "confidence", "must be in [0.5, 1), e.g. 0.95")
         require(self.k >= 1, "k", "must be at least 1")
         require(self.candidates >= self.k, "candidates", "must be at least k")
         require(self.nprobe is None or self.nprobe >= 1, "nprobe", "must be at least 1")
@@ -178,9 +183,31 @@ class AuditConfig:
 
 
 @dataclass
+class LabelConfig:
+    """The sample of pairs ``dedup label`` exports for a person to mark (see labels.py)."""
+
+    pairs: int = 120                # pairs to mark, over all audited test sets
+    seed: int = 0
+    # score bands: [-1, t-0.15), [t-0.15, t-0.08), ..., [t+0.08, 1] around the audit's threshold t
+    band_offsets: list[float] = field(default_factory=lambda: [-0.15, -0.08, -0.03, 0.0, 0.03, 0.08])
+    # pairs per band ~ weight x sqrt(images in it): most near the threshold
+    band_weights: list[float] = field(default_factory=lambda: [1.0, 1.5, 3.0, 4.0, 4.0, 3.0, 1.0])
+
+    def validate(self) -> None:
+        require(self.pairs >= 1, "pairs", "must be at least 1")
+        require(all(-1.0 < o < 1.0 for o in self.band_offsets), "band_offsets",
+                "are cosine offsets from the threshold and must be in (-1, 1)")
+        require(len(self.band_weights) == len(self.band_offsets) + 1, "band_weights",
+                f"needs one weight per band: {len(self.band_offsets) + 1} for "
+                f"{len(self.band_offsets)} band_offsets")
+        require(all(w >= 0 for w in self.band_weights), "band_weights", "must be >= 0")
+
+
+@dataclass
 class DedupConfig:
-    """The whole dedup config: ``embedder`` + ``index`` (for index), ``audit`` (for audit)."""
+    """The whole dedup config: ``embedder`` + ``index`` (for index), ``audit`` (for audit), ``label``."""
 
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
