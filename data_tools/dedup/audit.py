@@ -40,6 +40,7 @@ from data_tools.dedup.build import META_FILE, index_is_complete, read_meta
 from data_tools.dedup.calibration import Calibration, GroundTruth, joint_calibration, load_ground_truth
 from data_tools.dedup.embedders import Embedder, make_embedder
 from data_tools.dedup.heldout import cross_validate
+from data_tools.dedup.pool_align import PoolBox, align_pool_side
 from data_tools.dedup.prepare import PreparePool, embed_prepared
 from data_tools.dedup.index import IndexPlan, open_index, search_rescored
 from data_tools.dedup.schema import AuditConfig, EmbedderConfig
@@ -144,7 +145,9 @@ def neighbours_table(testset: TestSet, ids: list[str], found, index: LoadedIndex
     for i, (r, pool_id) in enumerate(zip(rows, hit_ids)):
         if (int(r), int(pool_id)) in raised:
             retrieval[i], box = raised[(int(r), int(pool_id))]
-            view[i] = f"{view[i]}+{box.name}" if view[i].startswith("mirror") else box.name
+            # the box was scored against the whole pool image (pool view identity)
+            mirrored = view[i].startswith("mirror") and not isinstance(box, PoolBox)
+            view[i] = f"mirror+{box.name}" if mirrored else box.name
     return pd.DataFrame({
         "test_id": pd.Series([ids[r] for r in rows], dtype="string"),
         "test_image": pd.Series([names[ids[r]] for r in rows], dtype="string"),
@@ -218,15 +221,30 @@ def search_testset(index: LoadedIndex, testset: TestSet, out_dir: Path, cfg: Aud
         log.warning("%s: %d of %d test images could not be read or decoded (listed in summary.json)",
                     testset.name, len(unreadable), len(testset.images))
     nprobe = (cfg.nprobe or index.plan.nprobe) if index.plan.kind == "ivfpq" else None
+    # A pool image's crop is compared with the test image as shown (or mirrored) only: crop
+    # against crop multiplies the chances of a look-alike (measured: it lifted a distinct image
+    # of the study world above its copies and cost a crop copy at the calibrated threshold).
+    pool_views = parse_views(index.meta["embedder_config"].get("pool_views", ["identity"]))
+    allowed = np.array([[p.kind == "identity" or v.kind in ("identity", "mirror") for v in views]
+                        for p in pool_views])
     found = search_rescored(index.faiss_index, index.store, vectors, k=cfg.k,
-                            candidates=cfg.candidates, nprobe=nprobe)
+                            candidates=cfg.candidates, nprobe=nprobe, allowed=allowed)
+    # found.views indexes (pool view, query view) pairs: p * len(views) + v
+    pairs = [(p, v) for p in pool_views for v in views]
+    names = [v.name if p.kind == "identity" else f"{v.name}|pool:{p.name}" for p, v in pairs]
     aligned = None
     if cfg.align.enabled:
         by_id = {im.test_id: im for im in testset.images}
         aligned = align_neighbours(found, lambda row: testset.read(by_id[ids[row]]), index.store,
-                                   views, index.embedder, cfg.align, progress=progress)
-    table = neighbours_table(testset, ids, found, index, [v.name for v in views],
-                             aligned.raised if aligned else {})
+                                   [v for _, v in pairs], index.embedder, cfg.align, progress=progress)
+        if cfg.align.pool_pairs:
+            raised, stats = align_pool_side(found, vectors[:, 0], index, [v for _, v in pairs], cfg.align,
+                                            progress=progress)
+            for key, (before, box) in raised.items():   # keep the score before any alignment
+                aligned.raised[key] = (aligned.raised[key][0] if key in aligned.raised else before, box)
+            aligned.stats["pool_side"] = stats
+            aligned.stats["pairs_raised"] = len(aligned.raised)   # by either side
+    table = neighbours_table(testset, ids, found, index, names, aligned.raised if aligned else {})
     return Searched(testset, out_dir, table, len(ids), unreadable, [v.name for v in views], nprobe,
                     time.perf_counter() - started, aligned=aligned.stats if aligned else None)
 
@@ -246,7 +264,10 @@ def write_audit(index: LoadedIndex, done: Searched, cfg: AuditConfig, threshold:
     summary = {
         "testset": testset.describe(), "index": {"path": str(index.path.resolve()),
                                                  "kind": index.plan.kind, "factory": index.plan.factory,
-                                                 "vectors": index.plan.ntotal, "embedder": index.meta["embedder"]},
+                                                 "vectors": index.plan.ntotal, "pool_images": index.store.ntotal,
+                                                 "pool_views": index.meta["embedder_config"].get(
+                                                     "pool_views", ["identity"]),
+                                                 "embedder": index.meta["embedder"]},
         "threshold": threshold, "threshold_source": source, "view_specs": list(cfg.views),
         "views": done.views,
         "k": cfg.k, "candidates": cfg.candidates, "nprobe": done.nprobe, "aligned": done.aligned,

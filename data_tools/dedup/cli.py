@@ -41,7 +41,8 @@ def _cmd_index(args: argparse.Namespace) -> int:
                          rank=args.rank, world_size=args.world_size, force=args.force,
                          progress=not args.quiet)
     if "factory" in result:
-        print(f"index of {result['vectors']:,} pool images ({result['factory']}, "
+        print(f"index of {result['pool_images']:,} pool images x {result['pool_views']} views "
+              f"({result['factory']}, "
               f"{result['index_bytes_per_vector']} bytes/vector on disk) -> {args.out}")
     else:
         print(f"dedup index step {args.step} done -> {args.out}")

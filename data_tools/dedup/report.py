@@ -220,7 +220,8 @@ def write_report(out_dir: Path, summary: dict, table, testset, index, cfg) -> di
     ts, ix, clean = summary["testset"], summary["index"], summary["cleaned"]
     lines = [f"# Near-duplicate audit: {ts['name']}", "",
              f"Test set `{ts['path']}` ({ts['kind']}, {ts['images']} images) against the pool index "
-             f"`{ix['path']}` ({ix['factory']}, {ix['vectors']:,} pool images, embedder "
+             f"`{ix['path']}` ({ix['factory']}, {ix.get('pool_images', ix['vectors']):,} pool images, "
+             f"stored as {', '.join(ix.get('pool_views', ['identity']))}; embedder "
              f"`{ix['embedder']['name']}`). Scores are exact cosines of the stored vectors; a test "
              "image is flagged when its best pool neighbour (over the query views "
              f"{', '.join(summary['view_specs'])}) scores at least the threshold."

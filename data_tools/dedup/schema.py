@@ -76,6 +76,10 @@ class EmbedderConfig:
     name: str = "pixels"
     batch_size: int = 256
     workers: int = 2                # decode/prepare processes; 0 = in the main process
+    # Vectors stored per pool image (views.py specs; the first must be identity). A centre
+    # crop finds test images that are crops of a larger pool photo; each view adds one
+    # vector per pool image to the store and the index.
+    pool_views: list[str] = field(default_factory=lambda: ["identity", "centre:0.8"])
     pixels: PixelsConfig = field(default_factory=PixelsConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
 
@@ -85,6 +89,10 @@ class EmbedderConfig:
                 f"unknown embedder {self.name!r}; registered: {', '.join(EMBEDDERS)}")
         require(self.batch_size >= 1, "batch_size", "must be at least 1")
         require(self.workers >= 0, "workers", "must be 0 or more")
+        from data_tools.dedup.views import parse_views
+        require(bool(self.pool_views) and self.pool_views[0] == "identity", "pool_views",
+                "must start with identity (the whole pool image), e.g. [identity, 'centre:0.8']")
+        parse_views(self.pool_views)
         if self.name == "backbone":
             require(bool(self.backbone.checkpoint), "backbone.checkpoint",
                     "the backbone embedder needs a checkpoint: --checkpoint RUN/backbone.pt")
@@ -132,6 +140,10 @@ class AlignConfig:
     sizes: int = 5                  # crop sides per dimension on the coarse grid
     max_aspect: float = 1.35        # largest aspect-ratio change of a crop
     starts: int = 2                 # best grid boxes refined per pair
+    pool_pairs: int = 1             # ... then this many per test image against crops of the pool image
+                                    # (pool_align.py: reads their pool pixels; 0 = off)
+    pool_min_score: float = 0.35    # ... scoring in [pool_min_score, skip_above) (real photos: a crop of
+                                    # a larger pool photo scored 0.39-0.71 before; distinct photos <= 0.79)
 
     def validate(self) -> None:
         require(-1.0 <= self.min_score <= 1.0, "min_score", "is a cosine and must be in [-1, 1]")
@@ -142,6 +154,9 @@ class AlignConfig:
         require(self.sizes >= 2, "sizes", "must be at least 2")
         require(self.max_aspect >= 1.0, "max_aspect", "must be at least 1")
         require(self.starts >= 1, "starts", "must be at least 1")
+        require(self.pool_pairs >= 0, "pool_pairs", "must be 0 (off) or more")
+        require(-1.0 <= self.pool_min_score <= self.skip_above, "pool_min_score",
+                "is a cosine and must be in [-1, skip_above]")
 
 
 @dataclass
