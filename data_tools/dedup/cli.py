@@ -1,4 +1,4 @@
-"""``datascale dedup index`` and ``datascale dedup audit``.
+"""``datascale dedup index``, ``datascale dedup audit`` and ``datascale dedup label``.
 
 Flags are shorthands for config keys (``--max-memory 8GB`` is
 ``--set index.max_memory=8GB``), so every value is type- and range-checked by
@@ -28,8 +28,11 @@ AUDIT_DIR/NAME/: duplicates.parquet, summary.json, report.md, gallery.png and
 clean/ (the test set without flagged images, in its own format). Test sets:
 COCO .json, VOC .txt image list, image folder or shards folder (NAME=PATH to
 name one). With --ground-truth (the synthetic world's duplicates/planted.csv,
-or a CSV test_id,pretrain_key[,is_duplicate][,transform]) it reports precision
-and recall per threshold and calibrates the threshold for --target-precision.
+or a CSV test_id,pretrain_key[,is_duplicate][,transform], or the pairs.csv of
+`dedup label` once marked) it calibrates the threshold for --target-precision
+and reports precision and recall per threshold, and held-out (5-fold CV over
+test images) with 95% Clopper-Pearson intervals. An is_duplicate column with
+no 0 is refused: without negatives precision cannot be measured.
 """
 
 
