@@ -3,7 +3,9 @@
 Builds a world (synth -> shards -> dedup index, skipped when --workdir
 already holds them), then audits its three test sets against the planted
 copies twice in one run, with and without ``audit.align``, and prints the
-calibrated threshold, precision, recall, recall per transform and the time.
+calibrated threshold, precision, recall, recall per transform, the held-out
+(cross-validated) precision and recall with 95% Clopper-Pearson intervals
+and the time.
 
     .venv/bin/python benchmarks/bench_dedup_audit.py --workdir /tmp/w24                 # 24k pool
     .venv/bin/python benchmarks/bench_dedup_audit.py --workdir /tmp/w7k \\
@@ -65,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.workdir)
     build(root, args.world_config, args.world_set, args.dedup_config)
-    pool = json.loads((root / "index" / "index.json").read_text())["plan"]["ntotal"]
+    pool = json.loads((root / "index" / "index.json").read_text())["store"]["ntotal"]
     print(f"pool {pool:,} images; {args.world_config} {' '.join(args.world_set)}")
     for align in (False, True):
         r = audit(root, args.dedup_config, align)
@@ -75,6 +77,12 @@ def main() -> None:
               f"precision {at['precision']:.3f}  recall {at['recall']:.3f}  "
               f"({at['flagged']} flagged; missed {at['missed'] or 'none'})")
         print(f"{'':18s} per transform: {per}")
+        held = r["joint"]["held_out"]
+        if "precision" in held:
+            p, q = held["precision"], held["recall"]
+            print(f"{'':18s} held-out ({held['folds']}-fold CV): precision {p['value']:.3f} "
+                  f"[{p['interval'][0]:.3f}, {p['interval'][1]:.3f}]  recall {q['value']:.3f} "
+                  f"[{q['interval'][0]:.3f}, {q['interval'][1]:.3f}]")
         print(f"{'':18s} audit {r['seconds']:.1f} s for {r['test_images']} test images"
               + (f"; alignment {r['align_seconds']:.1f} s for {r['pairs_aligned']} pairs" if align else ""))
 

@@ -50,6 +50,7 @@ pipeline:
   pretrain         DeepSpeed multi-label pretraining on a subset
   dedup index      FAISS index of the pretraining pool
   dedup audit      near-duplicates of downstream test sets; cleaned test sets
+  dedup label      a sample of pairs to mark by hand (real data: calibrates the audit)
   finetune         detection / segmentation / pose, frozen or fine-tuned
   results collect  run folders -> results.parquet
   fit, plot        scaling curves with uncertainty -> results/report.md

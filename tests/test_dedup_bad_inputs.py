@@ -52,7 +52,7 @@ def _coco(root, images: list[tuple[int, str, bytes | None]]):
 
 def test_undecodable_pool_images_are_counted_and_listed(index):
     complete = json.loads((index / "index" / "complete.json").read_text())
-    assert complete["vectors"] == 30
+    assert complete["pool_images"] == 30 and complete["vectors"] == 30 * complete["pool_views"]
     assert complete["skipped_pool_images"] == {"undecodable_image": 1}
     skipped = json.loads((index / "index" / "vectors" / "block-000001.skipped.json").read_text())
     assert len(skipped["items"]) == 1 and skipped["items"][0].startswith("shard-000001.tar:broken")

@@ -128,11 +128,11 @@ def test_interrupted_embedding_resumes_without_redoing_finished_shards(pool, tmp
                         lambda p, shard, *a, **k: embedded.append(shard) or real_embed(p, shard, *a, **k))
     summary = build_index(pool, tmp_path / "index", cfg, progress=False)
     assert sorted(embedded) == [2, 3] and written == [0, 1]
-    assert summary["vectors"] == 40
+    assert summary["pool_images"] == 40 and summary["vectors"] == 40 * summary["pool_views"]
     fresh = build_index(pool, tmp_path / "fresh", cfg, progress=False)
     a, b = VectorStore(tmp_path / "index" / "vectors"), VectorStore(tmp_path / "fresh" / "vectors")
     np.testing.assert_array_equal(a.vectors(np.arange(40)), b.vectors(np.arange(40)))
-    assert fresh["vectors"] == 40
+    assert fresh["pool_images"] == 40
 
 
 @pytest.fixture(scope="module")
@@ -156,16 +156,16 @@ def test_ranks_and_parts_build_the_same_index_as_one_process(big_pool, tmp_path)
     for part in (0, 1):
         build_index(pool, out, cfg, step="add", part=part, parts=2, rank=0, world_size=1, progress=False)
     summary = build_index(pool, out, cfg, step="merge", parts=2, rank=0, world_size=1)
-    assert summary["kind"] == "ivfpq" and summary["vectors"] == 1100 and summary["parts"] == 2
+    assert summary["kind"] == "ivfpq" and summary["pool_images"] == 1100 and summary["parts"] == 2
     assert not (out / build_mod.PARTS_DIR).exists()
     (out / "complete.json").unlink()  # as if killed between the merge and complete.json
-    assert build_index(pool, out, cfg, step="merge", parts=2, rank=0, world_size=1)["vectors"] == 1100
+    assert build_index(pool, out, cfg, step="merge", parts=2, rank=0, world_size=1)["pool_images"] == 1100
     single = build_index(pool, tmp_path / "single", cfg, progress=False)
     split_store, single_store = VectorStore(out / "vectors"), VectorStore(tmp_path / "single" / "vectors")
     everything = np.arange(1100)
     assert split_store.keys(everything) == single_store.keys(everything)
     np.testing.assert_array_equal(split_store.vectors(everything), single_store.vectors(everything))
-    assert single["vectors"] == 1100 and single["parts"] == 1
+    assert single["pool_images"] == 1100 and single["parts"] == 1
 
 
 def test_a_rank_outside_the_world_is_refused(pool, tmp_path):

@@ -72,6 +72,15 @@ COPIES = {  # test photo -> transform of its copy in the pool
     "hopper": ("crop", _off_grid_crop, 85),
 }
 POOL_ONLY = ["hubble_deep_field", "immunohistochemistry", "camera", "page"]
+# test images that are crops of a larger pool photo: found through the pool's stored centre
+# crop (embedder.pool_views) and crops of the pool image (pool_align.py)
+REVERSE = {
+    "camera_centre80": ("camera", lambda im: im.crop((round(0.1 * im.width), round(0.1 * im.height),
+                                                      round(0.9 * im.width), round(0.9 * im.height)))),
+    "immuno_offcentre80": ("immunohistochemistry",
+                           lambda im: im.crop((round(0.04 * im.width), round(0.06 * im.height),
+                                               round(0.84 * im.width), round(0.86 * im.height)))),
+}
 TEST_ONLY = ["coins", "moon", "flower"]   # distinct photos with no copy in the pool
 
 
@@ -91,6 +100,8 @@ def audited(tmp_path_factory):
         (pool_dir / f"{name}_left.jpg").write_bytes(_jpeg(photos[name].crop((0, 0, w // 2, h))))
     for name in [*COPIES, *TEST_ONLY]:
         (test_dir / f"{name}.jpg").write_bytes(_jpeg(photos[name], 95))
+    for name, (source, crop) in REVERSE.items():
+        (test_dir / f"{name}.jpg").write_bytes(_jpeg(crop(photos[source]), 95))
     assert main(["-q", "shards", "write", str(root / "pool_images"), "--out", str(root / "shards"),
                  "--set", "samples_per_shard=5", "--set", "workers=1"]) == 0
     assert main(["-q", "dedup", "index", str(root / "shards"), "--out", str(root / "index"),
@@ -114,12 +125,22 @@ def test_every_copy_is_found_with_its_pool_key(audited):
     assert hopper["view"].startswith("aligned0.7")
 
 
+def test_a_test_image_cropped_from_a_larger_pool_photo_is_found(audited):
+    table = pd.read_parquet(audited / "duplicates.parquet")
+    best = table[table["rank"] == 1].set_index("test_id")
+    for name, (source, _) in REVERSE.items():
+        row = best.loc[f"{name}.jpg"]
+        assert row["pretrain_key"] == sanitize_key(f"photo/{source}") and row["is_duplicate"], (name, row)
+    # the off-centre crop needed the pool image's own crop box
+    assert best.loc["immuno_offcentre80.jpg", "view"].startswith("pool-aligned")
+
+
 def test_distinct_photos_are_not_flagged(audited):
     table = pd.read_parquet(audited / "duplicates.parquet")
     flagged = set(table.loc[table["is_duplicate"], "test_id"])
-    assert flagged == {f"{name}.jpg" for name in COPIES}
+    assert flagged == {f"{name}.jpg" for name in [*COPIES, *REVERSE]}
     summary = json.loads((audited / "summary.json").read_text())
-    assert summary["images_with_duplicate"] == len(COPIES)
+    assert summary["images_with_duplicate"] == len(COPIES) + len(REVERSE)
     # the margin: every copy scores above every distinct photo's best match
     best = table[table["rank"] == 1].set_index("test_id")["score"]
     copies = best[[f"{n}.jpg" for n in COPIES]]

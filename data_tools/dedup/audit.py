@@ -39,6 +39,8 @@ from data_tools.dedup.align import align_neighbours
 from data_tools.dedup.build import META_FILE, index_is_complete, read_meta
 from data_tools.dedup.calibration import Calibration, GroundTruth, joint_calibration, load_ground_truth
 from data_tools.dedup.embedders import Embedder, make_embedder
+from data_tools.dedup.heldout import cross_validate
+from data_tools.dedup.pool_align import PoolBox, align_pool_side
 from data_tools.dedup.prepare import PreparePool, embed_prepared
 from data_tools.dedup.index import IndexPlan, open_index, search_rescored
 from data_tools.dedup.schema import AuditConfig, EmbedderConfig
@@ -143,7 +145,9 @@ def neighbours_table(testset: TestSet, ids: list[str], found, index: LoadedIndex
     for i, (r, pool_id) in enumerate(zip(rows, hit_ids)):
         if (int(r), int(pool_id)) in raised:
             retrieval[i], box = raised[(int(r), int(pool_id))]
-            view[i] = f"{view[i]}+{box.name}" if view[i].startswith("mirror") else box.name
+            # the box was scored against the whole pool image (pool view identity)
+            mirrored = view[i].startswith("mirror") and not isinstance(box, PoolBox)
+            view[i] = f"mirror+{box.name}" if mirrored else box.name
     return pd.DataFrame({
         "test_id": pd.Series([ids[r] for r in rows], dtype="string"),
         "test_image": pd.Series([names[ids[r]] for r in rows], dtype="string"),
@@ -164,6 +168,19 @@ def _threshold(cfg: AuditConfig, fitted: Calibration | None, default: float) -> 
     reason = "no ground truth" if fitted is None else \
         f"the ground truth allows no threshold with precision >= {cfg.target_precision}"
     return default, f"the embedder's default ({reason})"
+
+
+def _joint_record(fitted: Calibration | None, cfg: AuditConfig, threshold: float,
+                  default: float) -> dict | None:
+    """The joint calibration record with its held-out (cross-validated) precision and recall."""
+    if fitted is None:
+        return None
+    record = fitted.record(threshold, cfg.sweep, cfg.confidence)
+    tuned = cfg.threshold is None and fitted.calibrated is not None
+    record["held_out"] = cross_validate(fitted, folds=cfg.cv_folds, seed=cfg.cv_seed,
+                                        confidence=cfg.confidence, fallback=default,
+                                        fixed=None if tuned else threshold)
+    return record
 
 
 def _sweep(table, cfg: AuditConfig, threshold: float, readable: int) -> list[dict]:
@@ -204,15 +221,30 @@ def search_testset(index: LoadedIndex, testset: TestSet, out_dir: Path, cfg: Aud
         log.warning("%s: %d of %d test images could not be read or decoded (listed in summary.json)",
                     testset.name, len(unreadable), len(testset.images))
     nprobe = (cfg.nprobe or index.plan.nprobe) if index.plan.kind == "ivfpq" else None
+    # A pool image's crop is compared with the test image as shown (or mirrored) only: crop
+    # against crop multiplies the chances of a look-alike (measured: it lifted a distinct image
+    # of the study world above its copies and cost a crop copy at the calibrated threshold).
+    pool_views = parse_views(index.meta["embedder_config"].get("pool_views", ["identity"]))
+    allowed = np.array([[p.kind == "identity" or v.kind in ("identity", "mirror") for v in views]
+                        for p in pool_views])
     found = search_rescored(index.faiss_index, index.store, vectors, k=cfg.k,
-                            candidates=cfg.candidates, nprobe=nprobe)
+                            candidates=cfg.candidates, nprobe=nprobe, allowed=allowed)
+    # found.views indexes (pool view, query view) pairs: p * len(views) + v
+    pairs = [(p, v) for p in pool_views for v in views]
+    names = [v.name if p.kind == "identity" else f"{v.name}|pool:{p.name}" for p, v in pairs]
     aligned = None
     if cfg.align.enabled:
         by_id = {im.test_id: im for im in testset.images}
         aligned = align_neighbours(found, lambda row: testset.read(by_id[ids[row]]), index.store,
-                                   views, index.embedder, cfg.align, progress=progress)
-    table = neighbours_table(testset, ids, found, index, [v.name for v in views],
-                             aligned.raised if aligned else {})
+                                   [v for _, v in pairs], index.embedder, cfg.align, progress=progress)
+        if cfg.align.pool_pairs:
+            raised, stats = align_pool_side(found, vectors[:, 0], index, [v for _, v in pairs], cfg.align,
+                                            progress=progress)
+            for key, (before, box) in raised.items():   # keep the score before any alignment
+                aligned.raised[key] = (aligned.raised[key][0] if key in aligned.raised else before, box)
+            aligned.stats["pool_side"] = stats
+            aligned.stats["pairs_raised"] = len(aligned.raised)   # by either side
+    table = neighbours_table(testset, ids, found, index, names, aligned.raised if aligned else {})
     return Searched(testset, out_dir, table, len(ids), unreadable, [v.name for v in views], nprobe,
                     time.perf_counter() - started, aligned=aligned.stats if aligned else None)
 
@@ -223,7 +255,8 @@ def write_audit(index: LoadedIndex, done: Searched, cfg: AuditConfig, threshold:
     out_dir, testset, table = done.out_dir, done.testset, done.table
     calibration = None
     if done.truth is not None:
-        calibration = Calibration(table, done.truth, cfg.target_precision).record(threshold, cfg.sweep)
+        calibration = Calibration(table, done.truth, cfg.target_precision).record(
+            threshold, cfg.sweep, cfg.confidence)
     table["is_duplicate"] = table["score"] >= threshold
     with atomic_path(out_dir / "duplicates.parquet") as tmp:
         table.to_parquet(tmp, index=False)
@@ -231,7 +264,10 @@ def write_audit(index: LoadedIndex, done: Searched, cfg: AuditConfig, threshold:
     summary = {
         "testset": testset.describe(), "index": {"path": str(index.path.resolve()),
                                                  "kind": index.plan.kind, "factory": index.plan.factory,
-                                                 "vectors": index.plan.ntotal, "embedder": index.meta["embedder"]},
+                                                 "vectors": index.plan.ntotal, "pool_images": index.store.ntotal,
+                                                 "pool_views": index.meta["embedder_config"].get(
+                                                     "pool_views", ["identity"]),
+                                                 "embedder": index.meta["embedder"]},
         "threshold": threshold, "threshold_source": source, "view_specs": list(cfg.views),
         "views": done.views,
         "k": cfg.k, "candidates": cfg.candidates, "nprobe": done.nprobe, "aligned": done.aligned,
@@ -240,7 +276,9 @@ def write_audit(index: LoadedIndex, done: Searched, cfg: AuditConfig, threshold:
         "images_with_duplicate": len(flagged),
         "fraction_with_duplicate": len(flagged) / max(done.readable, 1),
         "sweep": _sweep(table, cfg, threshold, done.readable), "calibration": calibration,
-        "joint_calibration": joint, "cleaned": testset.write_clean(flagged, out_dir),
+        "joint_calibration": joint, "held_out": joint["held_out"] if joint else None,
+        "remaining_duplicates": _remaining(done, table, threshold, cfg),
+        "cleaned": testset.write_clean(flagged, out_dir),
         "seconds": round(done.seconds, 2),
     }
     from data_tools.dedup.report import write_report
@@ -248,6 +286,16 @@ def write_audit(index: LoadedIndex, done: Searched, cfg: AuditConfig, threshold:
     write_json(out_dir / "summary.json", summary)
     mark_complete(out_dir, {"images_with_duplicate": len(flagged), "threshold": threshold})
     return summary
+
+
+def _remaining(done: Searched, table, threshold: float, cfg: AuditConfig) -> dict | None:
+    """Copies estimated to remain in clean/, when the ground truth is a marked `dedup label` sample."""
+    if done.truth is None or done.truth.sample is None:
+        return None
+    from data_tools.dedup.labels import remaining_copies
+    best = table.groupby("test_id")["score"].max()
+    best.index = best.index.astype(str)
+    return remaining_copies(done.truth.sample, best, threshold, cfg.confidence)
 
 
 def _lineage(index: LoadedIndex, testset: TestSet, cfg: AuditConfig, truth: Path | None,
@@ -307,7 +355,7 @@ def run_audit(index_dir: str | Path, testsets: list[str], out_root: str | Path, 
         fitted = joint_calibration([(d.testset.name, d.table, d.truth) for d in searched],
                                    cfg.target_precision) if truth is not None else None
         threshold, source = _threshold(cfg, fitted, index.meta["default_threshold"])
-        joint = fitted.record(threshold, cfg.sweep) if fitted is not None else None
+        joint = _joint_record(fitted, cfg, threshold, index.meta["default_threshold"])
         if cfg.threshold is None and fitted is not None and fitted.calibrated is not None \
                 and len(searched) > 1:
             source += f" over {len(searched)} test sets together"

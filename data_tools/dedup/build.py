@@ -38,6 +38,7 @@ from data_tools.dedup.index import (INDEX_FILE, IVFDATA_FILE, TRAINED_FILE, Inde
 from data_tools.dedup.pool import Pool, open_pool
 from data_tools.dedup.schema import DedupConfig
 from data_tools.dedup.store import VECTORS_DIR, VectorStore
+from data_tools.dedup.views import parse_views
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +88,13 @@ def _step_embed(pool: Pool, out: Path, cfg: DedupConfig, embedder: Embedder, ran
         embedder.load_state(state_path)
     return embed_pool(pool, out / VECTORS_DIR, embedder, rank=rank, world_size=world_size,
                       batch_size=cfg.embedder.batch_size, workers=cfg.embedder.workers,
+                      views=parse_views(cfg.embedder.pool_views),
                       metrics_path=out / METRICS_FILE, progress=progress)
 
 
 def _step_train(pool: Pool, out: Path, cfg: DedupConfig, embedder: Embedder) -> IndexPlan:
     store = VectorStore(out / VECTORS_DIR, expected_blocks=pool.num_shards)
-    plan = plan_index(store.ntotal, store.dim, cfg.index)
+    plan = plan_index(store.ntotal * store.views, store.dim, cfg.index)
     if embedder.state_file and embedder.needs_fit():
         embedder.load_state(out / embedder.state_file)
     if embedder.dim != store.dim:
@@ -102,7 +104,8 @@ def _step_train(pool: Pool, out: Path, cfg: DedupConfig, embedder: Embedder) -> 
             "default_threshold": EMBEDDERS[embedder.name].default_threshold,
             "plan": plan.to_dict(),
             "pool": {**pool.describe(), "shard_names": [pool.shard_name(i) for i in range(pool.num_shards)]},
-            "store": {"blocks": len(store.blocks), "ntotal": store.ntotal, "dim": store.dim},
+            "store": {"blocks": len(store.blocks), "ntotal": store.ntotal, "dim": store.dim,
+                      "views": store.views, "pool_views": list(cfg.embedder.pool_views)},
             "skipped_pool_images": store.skipped()}
     write_json(out / META_FILE, meta)
     if plan.kind == "ivfpq" and not (out / TRAINED_FILE).is_file():
@@ -164,6 +167,7 @@ def _step_merge(out: Path, plan: IndexPlan, parts: int | None) -> dict:
     vector_bytes = sum(f.stat().st_size for f in (out / VECTORS_DIR).glob("*.npy"))
     meta = read_meta(out)
     summary = {"kind": plan.kind, "factory": plan.factory, "vectors": plan.ntotal, "dim": plan.dim,
+               "pool_images": meta["store"]["ntotal"], "pool_views": meta["store"].get("views", 1),
                "nlist": plan.nlist, "pq_bytes": plan.pq_bytes, "parts": parts or 1,
                "index_bytes": index_bytes, "index_bytes_per_vector": round(index_bytes / plan.ntotal, 2),
                "stored_vector_bytes": vector_bytes, "embedder": meta["embedder"]["name"],

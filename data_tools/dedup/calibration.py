@@ -3,10 +3,18 @@
 Ground truth is a CSV with ``test_id`` and ``pretrain_key`` columns, and
 optionally ``dataset``/``split`` (rows are matched to the audited test set),
 ``transform`` (recall is reported per transform) and ``is_duplicate``
-(0/1 labels). The synthetic world's ``duplicates/planted.csv`` has no label
-column: every listed pair is a duplicate and every other test image is
-taken to have none (*exhaustive* ground truth). With a label column only the
-labelled test images are evaluated.
+(0/1 labels; empty = not marked yet, counted and left out). The synthetic
+world's ``duplicates/planted.csv`` has no label column: every listed pair is
+a duplicate and every other test image is taken to have none (*exhaustive*
+ground truth: the negatives are the test images the file does not list).
+With a label column only the labelled test images are evaluated, and a file
+that labels no pair 0 is refused: with no negatives, precision cannot be
+measured and any threshold would read "precision 1.000".
+
+A sample exported by ``datascale dedup label`` also has ``stratum_images``
+(the images of its score band): each marked image then stands for
+``stratum_images / marked images of its band`` images (its *weight*), so
+precision and recall estimate the whole test set's, not the sample's.
 
 Definitions (image level, because the audit removes images):
 
@@ -30,6 +38,7 @@ from typing import Callable
 import numpy as np
 
 from datascale.errors import DataError
+from data_tools.dedup.heldout import proportion
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +54,8 @@ class GroundTruth:
     transforms: dict[tuple[str, str], str]           # (test id, key) -> transform name
     labelled: set[str] | None                        # evaluated test ids; None = all (exhaustive)
     stats: dict = field(default_factory=dict)
+    weights: dict[str, float] | None = None          # test id -> images it stands for; None = 1 each
+    sample: object = None                            # the marked rows of a `dedup label` sample (DataFrame)
 
 
 def _read_csv(path: Path):
@@ -57,6 +68,23 @@ def _read_csv(path: Path):
     if missing:
         raise DataError(f"{path}: ground truth needs columns test_id and pretrain_key "
                         f"(missing {', '.join(sorted(missing))}; has {', '.join(table.columns)})")
+    if "is_duplicate" in table.columns:
+        values = table["is_duplicate"].str.strip().str.lower()
+        bad = values[~values.isin(_TRUE | _FALSE | {""})]
+        if len(bad):
+            raise DataError(f"{path}: is_duplicate must be 0/1 or true/false (empty: not marked), "
+                            f"got {bad.iloc[0]!r}")
+        if not values.isin(_TRUE | _FALSE).any():
+            raise DataError(f"{path}: no pair is marked (is_duplicate is empty in every row); mark "
+                            "each pair 1 (a copy) or 0 (not a copy) and run again")
+        if not values.isin(_FALSE).any():
+            raise DataError(f"{path}: no pair is marked is_duplicate=0, so precision cannot be "
+                            "measured (every flagged image would count as a true copy). Mark the "
+                            "pairs that are not copies 0 (`datascale dedup label AUDIT --out LABELS` "
+                            "exports pairs on both sides of the threshold), or drop the is_duplicate "
+                            "column if the file lists every duplicate of the test sets: then every "
+                            "test image it does not list counts as a negative")
+        table = table.assign(is_duplicate=values)
     return table
 
 
@@ -72,20 +100,21 @@ def load_ground_truth(path: str | Path, testset, find_keys: Callable[[set[str]],
     path = Path(path)
     table = _read_csv(path)
     rows_in_file = len(table)
+    if "testset" in table.columns:   # a `dedup label` sample names the audited test set
+        table = table[table["testset"] == testset.name]
     for column, value in (("dataset", testset.dataset), ("split", testset.split)):
         if column in table.columns and value is not None:
             table = table[table[column] == value]
     ids = {im.test_id for im in testset.images}
     unknown = table[~table["test_id"].isin(ids)]
     table = table[table["test_id"].isin(ids)]
-    labelled = None
+    labelled, weights, sample, unmarked = None, None, None, 0
     if "is_duplicate" in table.columns:
-        values = table["is_duplicate"].str.strip().str.lower()
-        bad = values[~values.isin(_TRUE | _FALSE)]
-        if len(bad):
-            raise DataError(f"{path}: is_duplicate must be 0/1 or true/false, got {bad.iloc[0]!r}")
+        unmarked = int((table["is_duplicate"] == "").sum())
+        table = table[table["is_duplicate"] != ""]
         labelled = set(table["test_id"])
-        table = table[values.isin(_TRUE)]
+        weights, sample = _sample_weights(path, table)
+        table = table[table["is_duplicate"].isin(_TRUE)]
     in_index = find_keys(set(table["pretrain_key"]))
     present = table[table["pretrain_key"].isin(in_index)]
     pairs: dict[str, set[str]] = {}
@@ -98,21 +127,68 @@ def load_ground_truth(path: str | Path, testset, find_keys: Callable[[set[str]],
              "rows_for_this_testset": len(unknown) + len(table) if labelled is None else len(table),
              "unknown_test_ids": int(len(unknown)),
              "pairs_not_in_index": int(len(table) - len(present)),
-             "true_pairs": int(len(present)), "exhaustive": labelled is None}
+             "true_pairs": int(len(present)), "exhaustive": labelled is None,
+             "unmarked_rows": unmarked, "weighted": weights is not None}
     if len(unknown):
         log.warning("%s: %d ground-truth rows name test images this test set does not have (e.g. %s)",
                     path, len(unknown), unknown["test_id"].iloc[0])
-    return GroundTruth(pairs, transforms, labelled, stats)
+    return GroundTruth(pairs, transforms, labelled, stats, weights, sample)
 
 
-def _curve(top: np.ndarray, positive: np.ndarray, pair: np.ndarray, thresholds: np.ndarray) -> dict:
+def _sample_weights(path: Path, table) -> tuple[dict[str, float] | None, object]:
+    """Per-image weights of a stratified sample (``stratum``, ``stratum_images`` columns), else None.
+
+    A band's marked images stand for all ``stratum_images`` of it, so pairs
+    left unmarked only widen the intervals. One row per test image (the
+    export lists each image's best pair once).
+    """
+    if "stratum_images" not in table.columns:
+        return None, None
+    try:
+        sizes = table["stratum_images"].astype(int)
+    except ValueError:
+        raise DataError(f"{path}: stratum_images must be whole numbers; re-export the sample "
+                        "with `datascale dedup label`") from None
+    group = [table[c] for c in ("testset", "stratum") if c in table.columns]
+    marked = table.groupby(group)["test_id"].transform("count") if group else len(table)
+    weights = dict(zip(table["test_id"], (sizes / marked).astype(float)))
+    return weights, table.assign(stratum_images=sizes)
+
+
+def _curve(top: np.ndarray, positive: np.ndarray, pair: np.ndarray, thresholds: np.ndarray,
+           weight: np.ndarray | None = None) -> dict:
+    """Counts, precision and recall at each threshold; images weighted by ``weight`` (default 1)."""
+    weight = np.ones(len(top)) if weight is None else weight
     flagged = top[None, :] >= thresholds[:, None]                       # (T, N)
-    n_flagged = flagged.sum(axis=1)
-    true_flags = (flagged & positive[None, :]).sum(axis=1)
-    found = (pair[None, positive] >= thresholds[:, None]).sum(axis=1)
-    precision = np.where(n_flagged > 0, true_flags / np.maximum(n_flagged, 1), 1.0)
-    recall = found / max(int(positive.sum()), 1)
-    return {"flagged": n_flagged, "precision": precision, "recall": recall}
+    weighted_flags = flagged @ weight
+    true_flags = (flagged & positive[None, :]) @ weight
+    found = (pair[None, positive] >= thresholds[:, None]) @ weight[positive]
+    precision = np.where(weighted_flags > 0, true_flags / np.maximum(weighted_flags, 1e-12), 1.0)
+    recall = found / max(float(weight[positive].sum()), 1e-12)
+    return {"flagged": flagged.sum(axis=1), "precision": precision, "recall": recall}
+
+
+def choose_threshold(top: np.ndarray, positive: np.ndarray, pair: np.ndarray, target: float,
+                     weight: np.ndarray | None = None) -> float | None:
+    """The lowest threshold from which precision stays >= ``target``; None if none does.
+
+    ``top``: each image's best score; ``positive``: it has a true pair;
+    ``pair``: its true pair's score (-inf when not retrieved).
+    """
+    finite = np.concatenate([top[np.isfinite(top)], pair[np.isfinite(pair)]])
+    grid = np.unique(finite)
+    if not len(grid) or not positive.any():
+        return None
+    curve = _curve(top, positive, pair, grid, weight)
+    ok = (curve["precision"] >= target) & (curve["flagged"] > 0)
+    # lowest t with precision >= target at t and at every higher candidate threshold
+    suffix_ok = np.flip(np.logical_and.accumulate(np.flip(ok)))
+    if not suffix_ok.any():
+        return None
+    i = int(np.argmax(suffix_ok))
+    # Every t in (grid[i-1], grid[i]] flags the same images; the midpoint
+    # keeps the widest margin on both sides of the decision.
+    return float(grid[i] if i == 0 else (grid[i - 1] + grid[i]) / 2)
 
 
 class Calibration:
@@ -137,40 +213,36 @@ class Calibration:
         hits = self.evaluated[is_true].groupby("test_id")["score"].max()
         self.pair = hits.reindex(self.test_ids).astype(np.float64).fillna(-np.inf).to_numpy()
         self.positive = np.array([t in ground_truth.pairs for t in self.test_ids], dtype=bool)
-        self.calibrated = self._calibrate()
+        weights = ground_truth.weights
+        self.weight = None if weights is None else \
+            np.array([weights.get(t, 1.0) for t in self.test_ids], dtype=np.float64)
+        self.calibrated = choose_threshold(self.top, self.positive, self.pair, self.target, self.weight)
 
-    def _calibrate(self) -> float | None:
-        finite = np.concatenate([self.top[np.isfinite(self.top)], self.pair[np.isfinite(self.pair)]])
-        grid = np.unique(finite)
-        if not len(grid) or not self.positive.any():
-            return None
-        curve = _curve(self.top, self.positive, self.pair, grid)
-        ok = (curve["precision"] >= self.target) & (curve["flagged"] > 0)
-        # lowest t with precision >= target at t and at every higher candidate threshold
-        suffix_ok = np.flip(np.logical_and.accumulate(np.flip(ok)))
-        if not suffix_ok.any():
-            return None
-        i = int(np.argmax(suffix_ok))
-        # Every t in (grid[i-1], grid[i]] flags the same images; the midpoint
-        # keeps the widest margin on both sides of the decision.
-        return float(grid[i] if i == 0 else (grid[i - 1] + grid[i]) / 2)
+    def record(self, threshold: float, sweep: list[float], confidence: float = 0.95) -> dict:
+        """The calibration record: counts, curve over ``sweep``, figures at ``threshold``.
 
-    def record(self, threshold: float, sweep: list[float]) -> dict:
-        """The calibration record: counts, curve over ``sweep``, figures at ``threshold``."""
+        The intervals at ``threshold`` are in-sample; the held-out estimate is
+        :func:`data_tools.dedup.heldout.cross_validate`'s.
+        """
         positive, pair, top = self.positive, self.pair, self.top
         out = {**self.truth.stats, "positives": int(positive.sum()),
                "positives_unreadable": len(set(self.truth.pairs) - set(self.test_ids)),
                "negatives": int((~positive).sum()), "target_precision": self.target,
                "calibrated_threshold": self.calibrated}
         points = np.array(sorted(set(sweep) | {threshold}), dtype=np.float64)
-        table = _curve(top, positive, pair, points)
+        table = _curve(top, positive, pair, points, self.weight)
         out["curve"] = [{"threshold": float(t), "precision": float(p), "recall": float(r), "flagged": int(f)}
                         for t, p, r, f in zip(points, table["precision"], table["recall"], table["flagged"])]
-        at = _curve(top, positive, pair, np.array([threshold]))
+        at = _curve(top, positive, pair, np.array([threshold]), self.weight)
         flagged = top >= threshold
+        weight = np.ones(len(top)) if self.weight is None else self.weight
+        precision = proportion(positive[flagged], weight[flagged], confidence)
+        recall = proportion((pair >= threshold)[positive], weight[positive], confidence)
         out["at_threshold"] = {
             "threshold": float(threshold), "precision": float(at["precision"][0]),
             "recall": float(at["recall"][0]), "flagged": int(at["flagged"][0]),
+            # in-sample: the threshold may have been chosen on these very images (see held_out)
+            "precision_interval": precision["interval"], "recall_interval": recall["interval"],
             "false_positives": [str(t) for t in self.test_ids[flagged & ~positive]],
             "missed": [str(t) for t in self.test_ids[positive & ~(pair >= threshold)]],
         }
@@ -205,8 +277,9 @@ def joint_calibration(parts: list[tuple[str, object, GroundTruth]], target_preci
     start at 1 everywhere) stay apart. The stats are summed.
     """
     import pandas as pd
-    tables, pairs, transforms, labelled, stats = [], {}, {}, set(), {}
+    tables, pairs, transforms, labelled, stats, weights = [], {}, {}, set(), {}, {}
     exhaustive = all(truth.labelled is None for _, _, truth in parts)
+    weighted = any(truth.weights is not None for _, _, truth in parts)
     for name, table, truth in parts:
         prefixed = table.assign(test_id=name + "/" + table["test_id"].astype(str))
         tables.append(prefixed[["test_id", "pretrain_key", "score"]])
@@ -214,11 +287,19 @@ def joint_calibration(parts: list[tuple[str, object, GroundTruth]], target_preci
         transforms.update({(f"{name}/{t}", k): x for (t, k), x in truth.transforms.items()})
         labelled |= {f"{name}/{t}" for t in (truth.labelled if truth.labelled is not None
                                              else set(table["test_id"].astype(str)))}
+        weights.update({f"{name}/{t}": w for t, w in (truth.weights or {}).items()})
         for key, value in truth.stats.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 stats[key] = stats.get(key, 0) + value
     stats.update(source=parts[0][2].stats["source"], rows_in_file=parts[0][2].stats["rows_in_file"],
-                 exhaustive=exhaustive,
+                 exhaustive=exhaustive, weighted=weighted,
                  testsets=[name for name, _, _ in parts])
-    truth = GroundTruth(pairs, transforms, None if exhaustive else labelled, stats)
-    return Calibration(pd.concat(tables, ignore_index=True), truth, target_precision)
+    truth = GroundTruth(pairs, transforms, None if exhaustive else labelled, stats,
+                        weights if weighted else None)
+    joint = Calibration(pd.concat(tables, ignore_index=True), truth, target_precision)
+    if not (~joint.positive).any():
+        raise DataError(f"{stats['source']}: every evaluated test image has a listed duplicate, so "
+                        "there are no negatives and precision cannot be measured; audit the whole "
+                        "test set (the images the file does not list are the negatives) or add pairs "
+                        "marked is_duplicate=0")
+    return joint

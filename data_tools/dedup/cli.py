@@ -1,4 +1,4 @@
-"""``datascale dedup index`` and ``datascale dedup audit``.
+"""``datascale dedup index``, ``datascale dedup audit`` and ``datascale dedup label``.
 
 Flags are shorthands for config keys (``--max-memory 8GB`` is
 ``--set index.max_memory=8GB``), so every value is type- and range-checked by
@@ -28,8 +28,11 @@ AUDIT_DIR/NAME/: duplicates.parquet, summary.json, report.md, gallery.png and
 clean/ (the test set without flagged images, in its own format). Test sets:
 COCO .json, VOC .txt image list, image folder or shards folder (NAME=PATH to
 name one). With --ground-truth (the synthetic world's duplicates/planted.csv,
-or a CSV test_id,pretrain_key[,is_duplicate][,transform]) it reports precision
-and recall per threshold and calibrates the threshold for --target-precision.
+or a CSV test_id,pretrain_key[,is_duplicate][,transform], or the pairs.csv of
+`dedup label` once marked) it calibrates the threshold for --target-precision
+and reports precision and recall per threshold, and held-out (5-fold CV over
+test images) with 95% Clopper-Pearson intervals. An is_duplicate column with
+no 0 is refused: without negatives precision cannot be measured.
 """
 
 
@@ -41,7 +44,8 @@ def _cmd_index(args: argparse.Namespace) -> int:
                          rank=args.rank, world_size=args.world_size, force=args.force,
                          progress=not args.quiet)
     if "factory" in result:
-        print(f"index of {result['vectors']:,} pool images ({result['factory']}, "
+        print(f"index of {result['pool_images']:,} pool images x {result['pool_views']} views "
+              f"({result['factory']}, "
               f"{result['index_bytes_per_vector']} bytes/vector on disk) -> {args.out}")
     else:
         print(f"dedup index step {args.step} done -> {args.out}")
@@ -61,15 +65,47 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         cal = s.get("calibration")
         if cal:
             at = cal["at_threshold"]
-            line += f"; precision {at['precision']:.3f}, recall {at['recall']:.3f}"
+            line += f"; in-sample precision {at['precision']:.3f}, recall {at['recall']:.3f}"
+        held = s.get("held_out") or {}
+        if all((held.get(m) or {}).get("value") is not None for m in ("precision", "recall")):
+            p, r = held["precision"], held["recall"]
+            line += (f"; held-out precision {p['value']:.3f} [{p['interval'][0]:.3f}, "
+                     f"{p['interval'][1]:.3f}], recall {r['value']:.3f} [{r['interval'][0]:.3f}, "
+                     f"{r['interval'][1]:.3f}]")
+        remaining = s.get("remaining_duplicates")
+        if remaining:
+            line += (f"; ~{remaining['estimate']:g} copies remain in clean/ "
+                     f"[{remaining['interval'][0]:g}, {remaining['interval'][1]:g}]")
         if s["unreadable_images"]:
             line += f"; {s['unreadable_images']} unreadable (listed in summary.json)"
         print(f"{line} -> {args.out}/{s['testset']['name']}/report.md")
     return 0
 
 
+LABEL_HELP = """\
+Export a stratified sample of an audit's pairs for a person to mark:
+LABELS_DIR/pairs.csv (fill is_duplicate with 1 or 0), strata.json and
+gallery-NN.png (the pairs, numbered as in pairs.csv). Each test image's best
+pair is drawn by score band around the audit's threshold, more pairs near it.
+Then `datascale dedup audit INDEX --testset ... --ground-truth LABELS_DIR/pairs.csv`
+calibrates the threshold on the marks (held-out precision and recall with
+intervals) and estimates how many copies remain in clean/.
+"""
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    from data_tools.dedup.labels import export_sample
+    from data_tools.dedup.schema import DedupConfig
+    cfg = config_from_args(DedupConfig, args)
+    result = export_sample(args.audit, args.out, cfg.label, progress=not args.quiet)
+    print(f"{result['pairs']} pairs of {', '.join(result['testsets'])} to mark -> {result['csv']} "
+          f"(gallery: {len(result['gallery'])} page(s) beside it); fill is_duplicate with 1 or 0, then "
+          f"`datascale dedup audit INDEX --testset ... --ground-truth {result['csv']}`")
+    return 0
+
+
 def register_cli(subparsers: Any) -> None:
-    """Add ``datascale dedup index`` and ``datascale dedup audit``."""
+    """Add ``datascale dedup index``, ``dedup audit`` and ``dedup label``."""
     from data_tools.dedup.schema import DedupConfig
     group = subcommand(subparsers, "dedup", lambda args: group.print_help() or 2,
                        help="near-duplicates of downstream test sets in the pretraining pool (FAISS)")
@@ -106,3 +142,10 @@ def register_cli(subparsers: Any) -> None:
     add_shortcut(audit, "--embedder", key="audit.embedder", help="the embedder you expect the index to use (checked)")
     add_shortcut(audit, "--workers", key="audit.workers", type=int, help="image decoding processes")
     add_config_args(audit, "dedup/demo", DedupConfig)
+    label = subcommand(actions, "label", _cmd_label, help="export a sample of pairs to mark by hand",
+                       description=LABEL_HELP)
+    label.add_argument("audit", help="audit folder written by `datascale dedup audit` (or one test set's)")
+    label.add_argument("--out", required=True, help="folder for pairs.csv, strata.json, gallery-NN.png")
+    add_shortcut(label, "--pairs", key="label.pairs", type=int, help="pairs to mark, over all test sets")
+    add_shortcut(label, "--seed", key="label.seed", type=int, help="seed of the sample")
+    add_config_args(label, "dedup/demo", DedupConfig)

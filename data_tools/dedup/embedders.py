@@ -197,8 +197,9 @@ class EmbedderSpec:
 
 
 # Default thresholds: pixels from the demo world's calibration (0.86 for precision >= 0.95
-# with the demo views alone, 0.92-0.93 with crop alignment; real-photo copies score >= 0.92,
-# distinct real photos <= 0.35).
+# with the demo views alone, 0.91-0.93 with crop alignment; real-photo copies, crops of a
+# larger pool photo included, score >= 0.96 and look-alike distinct photos (the other half
+# of the same photo) <= 0.79: benchmarks/bench_dedup_photos.py).
 # backbone: a conservative guess; calibrate it (--ground-truth) for each checkpoint.
 EMBEDDERS: dict[str, EmbedderSpec] = {
     "pixels": EmbedderSpec(PixelsEmbedder, 0.85,

@@ -46,7 +46,8 @@ def embed_shard(pool: Pool, shard: int, embedder: Embedder, prepare: PreparePool
     """Embed one pool shard: (keys, (n, dim) float32 unit vectors, skipped record).
 
     Undecodable images and damaged tar members are counted by reason and
-    listed as ``shard:key: reason``; they get no vector. Memory: one shard's vectors.
+    listed as ``shard:key: reason``; they get no vector. The vectors are (n, V, dim)
+    for the V views ``prepare`` was built with. Memory: one shard's vectors.
     """
     skipped: collections.Counter = collections.Counter()
     keys: list[str] = []
@@ -55,13 +56,13 @@ def embed_shard(pool: Pool, shard: int, embedder: Embedder, prepare: PreparePool
     name = pool.shard_name(shard)
     for batch in embed_prepared(embedder, prepare.map(_samples(pool, shard, skipped)), batch_size):
         keys.extend(batch.ids)
-        chunks.append(batch.vectors[:, 0])
+        chunks.append(batch.vectors)
         for key, reason in batch.failures:
             skipped["undecodable_image"] += 1
             items.append(f"{name}:{key}: {reason}")
         if progress is not None:
             progress.update(len(batch.ids) + len(batch.failures))
-    vectors = np.concatenate(chunks) if chunks else np.zeros((0, embedder.dim), np.float32)
+    vectors = np.concatenate(chunks) if chunks else np.zeros((0, 1, embedder.dim), np.float32)
     if len(set(keys)) != len(keys):
         dup = collections.Counter(keys).most_common(1)[0][0]
         raise DataError(f"{name}: key {dup!r} appears twice in one shard; re-write the shards")
@@ -69,13 +70,15 @@ def embed_shard(pool: Pool, shard: int, embedder: Embedder, prepare: PreparePool
 
 
 def embed_pool(pool: Pool, store_dir: Path, embedder: Embedder, *, rank: int = 0,
-               world_size: int = 1, batch_size: int = 256, workers: int = 0,
+               world_size: int = 1, batch_size: int = 256, workers: int = 0, views: list | None = None,
                metrics_path: Path | None = None, progress: bool = True) -> dict:
     """Embed this rank's unfinished shards of ``pool`` into blocks under ``store_dir``.
 
     Returns ``{"blocks_done", "blocks_embedded", "images", "skipped"}`` for this
-    call. Time: decode + embed of every image of this rank's shards once;
-    memory: one shard's vectors plus one window of encoded images per worker.
+    call. ``views``: the pool views (views.View; None: identity only), each
+    stored. Time: one decode + one embedding per view of every image of this
+    rank's shards; memory: one shard's vectors plus one window of encoded
+    images per worker.
     """
     from tqdm import tqdm
     store_dir = Path(store_dir)
@@ -87,7 +90,7 @@ def embed_pool(pool: Pool, store_dir: Path, embedder: Embedder, *, rank: int = 0
     stats = {"blocks_done": len(mine) - len(todo), "blocks_embedded": 0, "images": 0,
              "skipped": collections.Counter()}
     total = sum(pool.shard_samples(i) for i in todo)
-    with PreparePool(embedder, workers=workers) as prepare, \
+    with PreparePool(embedder, views, workers=workers) as prepare, \
             tqdm(total=total, unit="img", desc=f"embed pool (rank {rank})", disable=not progress) as bar:
         for shard in todo:
             started = time.perf_counter()

@@ -164,11 +164,12 @@ def add_part(store: VectorStore, out_dir: Path, part: int, parts: int, path: Pat
     """
     index = faiss.read_index(str(Path(out_dir) / TRAINED_FILE))
     positions = part_blocks(store, part, parts)
-    total = sum(b - a for a, b in map(store.block_range, positions))
+    total = sum(b - a for a, b in map(store.block_range, positions)) * store.views
     with tqdm(total=total, unit="vec", desc=f"index part {part}/{parts}", disable=not progress) as bar:
-        for ids, chunk in store.iter_chunks(positions):
-            index.add_with_ids(chunk, ids)
-            bar.update(len(ids))
+        for view in range(store.views):   # every pool view of an image carries the image's id
+            for ids, chunk in store.iter_chunks(positions, view=view):
+                index.add_with_ids(chunk, ids)
+                bar.update(len(ids))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     _write_index(index, Path(path))
     return Path(path)
@@ -191,10 +192,15 @@ def merge_parts(out_dir: Path, part_paths: list[Path]) -> Path:
 
 
 def build_flat(store: VectorStore, out_dir: Path) -> Path:
-    """Exact inner-product index of every stored vector (ids = positions); writes index.faiss."""
+    """Exact inner-product index of every stored vector; writes index.faiss.
+
+    Pool views are added one after the other, so position p is pool image
+    ``p % store.ntotal`` (search_rescored maps it back).
+    """
     index = faiss.IndexFlatIP(store.dim)
-    for _, chunk in store.iter_chunks(list(range(len(store.blocks)))):
-        index.add(chunk)
+    for view in range(store.views):
+        for _, chunk in store.iter_chunks(list(range(len(store.blocks))), view=view):
+            index.add(chunk)
     path = Path(out_dir) / INDEX_FILE
     _write_index(index, path)
     return path
@@ -222,11 +228,20 @@ class Neighbours:
     views: np.ndarray     # int16 index into the query views
 
 
-def _rescore(store: VectorStore, cand: np.ndarray, q: np.ndarray, k: int, out: Neighbours, lo: int) -> None:
-    """Exact cosines of candidate ids ``cand`` (b, C) against views ``q`` (b, V, d) into ``out``."""
+def _rescore(store: VectorStore, cand: np.ndarray, q: np.ndarray, k: int, out: Neighbours, lo: int,
+             allowed: np.ndarray | None = None) -> None:
+    """Exact cosines of candidate ids ``cand`` (b, C) against views ``q`` (b, V, d) into ``out``.
+
+    With P stored pool views, view index ``p * V + v`` names the pair (pool
+    view p, query view v) that scored best; ``allowed`` (P, V) bool masks the
+    pairs that may match.
+    """
     safe = np.where(cand < 0, 0, cand)
-    vecs = store.vectors(safe).reshape(len(q), cand.shape[1], q.shape[2])
-    per_view = np.einsum("bcd,bvd->bcv", vecs, q)              # exact cosine per view
+    vecs = store.all_views(safe.ravel()).reshape(len(q), cand.shape[1], store.views, q.shape[2])
+    per_view = np.einsum("bcpd,bvd->bcpv", vecs, q)
+    if allowed is not None:
+        per_view = np.where(allowed[None, None], per_view, -np.inf)
+    per_view = per_view.reshape(len(q), cand.shape[1], -1)
     best_view = per_view.argmax(axis=2)
     best = np.take_along_axis(per_view, best_view[..., None], axis=2)[..., 0]
     best[cand < 0] = -np.inf
@@ -241,13 +256,15 @@ def _rescore(store: VectorStore, cand: np.ndarray, q: np.ndarray, k: int, out: N
 
 
 def search_rescored(index, store: VectorStore, queries: np.ndarray, *, k: int, candidates: int,
-                    nprobe: int | None = None, chunk: int = 64) -> Neighbours:
+                    nprobe: int | None = None, chunk: int = 64,
+                    allowed: np.ndarray | None = None) -> Neighbours:
     """Top-``k`` pool vectors per query image by exact cosine, over all its views.
 
     ``queries``: (n, V, dim) unit vectors (V views per test image). Each view
     asks the index for ``candidates`` ids (one batched search, so a flat
     index streams the pool once); the union is re-scored with the stored
-    float16 vectors against every view and the best view's score kept.
+    float16 vectors against every (pool view, query view) pair ``allowed``
+    (default: all) and the best pair's score kept.
     Time: index search + n*V*candidates*dim flops; memory: the candidate ids
     (n*V*candidates int64) plus one chunk of ``chunk`` images' candidate vectors.
     """
@@ -264,7 +281,8 @@ def search_rescored(index, store: VectorStore, queries: np.ndarray, *, k: int, c
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     with faiss_threads(n * nviews):
         _, cand = index.search(queries.reshape(-1, dim), min(candidates, index.ntotal))
+    cand = np.where(cand >= 0, cand % store.ntotal, cand)        # flat: views are stacked
     cand = cand.reshape(n, -1)                                   # (n, V * candidates)
     for lo in range(0, n, chunk):
-        _rescore(store, cand[lo:lo + chunk], queries[lo:lo + chunk], k, out, lo)
+        _rescore(store, cand[lo:lo + chunk], queries[lo:lo + chunk], k, out, lo, allowed)
     return out

@@ -91,7 +91,7 @@ def _shorten(text: str, limit: int = 22) -> str:
     return text if len(text) <= limit else "…" + text[-(limit - 1):]
 
 
-def _pool_bytes(index, rows) -> tuple[dict[str, bytes], str | None]:
+def pool_bytes(index, rows) -> tuple[dict[str, bytes], str | None]:
     from data_tools.dedup.pool import open_pool
     numbers = {name: i for i, name in enumerate(index.meta["pool"]["shard_names"])}
     wanted: dict[int, set[str]] = {}
@@ -110,7 +110,7 @@ def write_gallery(out_dir: Path, table, testset, index, threshold: float, per_se
     best = table[table["rank"] == 1]
     sections = gallery_sections(best, threshold, per_section)
     chosen = pd.concat([rows for _, rows in sections]) if sections else best.head(0)
-    pool, note = _pool_bytes(index, chosen)
+    pool, note = pool_bytes(index, chosen)
     images = {im.test_id: im for im in testset.images}
     drawn = []
     for title, rows in sections:
@@ -146,8 +146,10 @@ def _calibration_lines(cal: dict, title: str) -> list[str]:
              f"Calibrated threshold for precision >= {cal['target_precision']}: "
              + (f"**{cal['calibrated_threshold']:.4f}**." if cal["calibrated_threshold"] is not None
                 else "**none reaches it**."), "",
-             f"At the threshold used ({at['threshold']:.3f}): precision **{at['precision']:.3f}**, "
-             f"recall **{at['recall']:.3f}**, {at['flagged']} images flagged.", ""]
+             f"At the threshold used ({at['threshold']:.3f}), on the images it was chosen on: "
+             f"precision **{at['precision']:.3f}** {_span(at.get('precision_interval'))}, "
+             f"recall **{at['recall']:.3f}** {_span(at.get('recall_interval'))}, "
+             f"{at['flagged']} images flagged.", ""]
     lines += _table(["threshold", "precision", "recall", "flagged"],
                     [[f"{c['threshold']:.3f}", f"{c['precision']:.3f}", f"{c['recall']:.3f}", c["flagged"]]
                      for c in cal["curve"]])
@@ -159,6 +161,47 @@ def _calibration_lines(cal: dict, title: str) -> list[str]:
                        ("Missed (known duplicate not flagged)", at["missed"])):
         shown = ", ".join(f"`{i}`" for i in ids[:50]) + (" ..." if len(ids) > 50 else "")
         lines += [f"{label}: {shown or 'none'}", ""]
+    return lines
+
+
+def _span(interval) -> str:
+    return "(interval n/a)" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def held_out_lines(held: dict | None) -> list[str]:
+    """report.md's section on the cross-validated (held-out) precision and recall."""
+    if not held:
+        return []
+    lines = ["## Held-out precision and recall", "", f"{held['method']}."]
+    if "precision" not in held:
+        return lines + [""]
+    p, r = held["precision"], held["recall"]
+    level = f"{100 * held['confidence']:g}%"
+    value = (lambda x: "n/a" if x["value"] is None else f"**{x['value']:.3f}**")
+    lines += [f"Precision {value(p)} {_span(p['interval'])} ({p['successes']:g} of {p['trials']:g} "
+              f"flagged held-out images are copies), recall {value(r)} {_span(r['interval'])} "
+              f"({r['successes']:g} of {r['trials']:g} copies found); {level} Clopper-Pearson "
+              "intervals" + (" on Kish effective counts (weighted sample)" if held["weighted"] else "")
+              + ". These are the figures to quote: the threshold was not tuned on the images they "
+              "count.", ""]
+    if held.get("fold_thresholds"):
+        lines += [f"Thresholds chosen per fold: {', '.join(f'{t:.3f}' for t in held['fold_thresholds'])}"
+                  + (f" ({held['folds_without_threshold']} folds reached no threshold and used the "
+                     "embedder's default)" if held["folds_without_threshold"] else "") + ".", ""]
+    return lines
+
+
+def remaining_lines(remaining: dict | None) -> list[str]:
+    """report.md's estimate of the copies left in clean/ (from a marked `dedup label` sample)."""
+    if not remaining:
+        return []
+    low, high = remaining["interval"]
+    lines = ["## Copies remaining in the cleaned test set", "",
+             f"Of the {remaining['kept_images']} images kept, an estimated **{remaining['estimate']:g}** "
+             f"still have a copy as their best pool neighbour ({100 * remaining['confidence']:g}% "
+             f"interval [{low:g}, {high:g}]; {remaining['method']}).", ""]
+    lines += _table(["band", "images kept", "marked", "copies among marked"],
+                    [[b["stratum"], b["kept_images"], b["marked"], b["copies"]] for b in remaining["bands"]])
     return lines
 
 
@@ -177,7 +220,8 @@ def write_report(out_dir: Path, summary: dict, table, testset, index, cfg) -> di
     ts, ix, clean = summary["testset"], summary["index"], summary["cleaned"]
     lines = [f"# Near-duplicate audit: {ts['name']}", "",
              f"Test set `{ts['path']}` ({ts['kind']}, {ts['images']} images) against the pool index "
-             f"`{ix['path']}` ({ix['factory']}, {ix['vectors']:,} pool images, embedder "
+             f"`{ix['path']}` ({ix['factory']}, {ix.get('pool_images', ix['vectors']):,} pool images, "
+             f"stored as {', '.join(ix.get('pool_views', ['identity']))}; embedder "
              f"`{ix['embedder']['name']}`). Scores are exact cosines of the stored vectors; a test "
              "image is flagged when its best pool neighbour (over the query views "
              f"{', '.join(summary['view_specs'])}) scores at least the threshold."
@@ -196,6 +240,8 @@ def write_report(out_dir: Path, summary: dict, table, testset, index, cfg) -> di
     lines += _table(["threshold", "images with a near-duplicate", "fraction"],
                     [[f"{s['threshold']:.3f}", s["images_with_duplicate"], f"{s['fraction']:.3f}"]
                      for s in summary["sweep"]])
+    lines += held_out_lines(summary.get("held_out"))
+    lines += remaining_lines(summary.get("remaining_duplicates"))
     if summary["calibration"]:
         lines += _calibration_lines(summary["calibration"], "Calibration against known duplicates")
     joint = summary.get("joint_calibration")

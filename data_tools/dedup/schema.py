@@ -76,6 +76,10 @@ class EmbedderConfig:
     name: str = "pixels"
     batch_size: int = 256
     workers: int = 2                # decode/prepare processes; 0 = in the main process
+    # Vectors stored per pool image (views.py specs; the first must be identity). A centre
+    # crop finds test images that are crops of a larger pool photo; each view adds one
+    # vector per pool image to the store and the index.
+    pool_views: list[str] = field(default_factory=lambda: ["identity", "centre:0.8"])
     pixels: PixelsConfig = field(default_factory=PixelsConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
 
@@ -85,6 +89,10 @@ class EmbedderConfig:
                 f"unknown embedder {self.name!r}; registered: {', '.join(EMBEDDERS)}")
         require(self.batch_size >= 1, "batch_size", "must be at least 1")
         require(self.workers >= 0, "workers", "must be 0 or more")
+        from data_tools.dedup.views import parse_views
+        require(bool(self.pool_views) and self.pool_views[0] == "identity", "pool_views",
+                "must start with identity (the whole pool image), e.g. [identity, 'centre:0.8']")
+        parse_views(self.pool_views)
         if self.name == "backbone":
             require(bool(self.backbone.checkpoint), "backbone.checkpoint",
                     "the backbone embedder needs a checkpoint: --checkpoint RUN/backbone.pt")
@@ -132,6 +140,10 @@ class AlignConfig:
     sizes: int = 5                  # crop sides per dimension on the coarse grid
     max_aspect: float = 1.35        # largest aspect-ratio change of a crop
     starts: int = 2                 # best grid boxes refined per pair
+    pool_pairs: int = 1             # ... then this many per test image against crops of the pool image
+                                    # (pool_align.py: reads their pool pixels; 0 = off)
+    pool_min_score: float = 0.35    # ... scoring in [pool_min_score, skip_above) (real photos: a crop of
+                                    # a larger pool photo scored 0.39-0.71 before; distinct photos <= 0.79)
 
     def validate(self) -> None:
         require(-1.0 <= self.min_score <= 1.0, "min_score", "is a cosine and must be in [-1, 1]")
@@ -142,6 +154,9 @@ class AlignConfig:
         require(self.sizes >= 2, "sizes", "must be at least 2")
         require(self.max_aspect >= 1.0, "max_aspect", "must be at least 1")
         require(self.starts >= 1, "starts", "must be at least 1")
+        require(self.pool_pairs >= 0, "pool_pairs", "must be 0 (off) or more")
+        require(-1.0 <= self.pool_min_score <= self.skip_above, "pool_min_score",
+                "is a cosine and must be in [-1, skip_above]")
 
 
 @dataclass
@@ -150,6 +165,9 @@ class AuditConfig:
 
     threshold: float | None = None  # cosine; None: calibrated (with ground truth) or the embedder's default
     target_precision: float = 0.95  # calibration picks the lowest threshold reaching this precision
+    cv_folds: int = 5               # held-out precision/recall: folds over the labelled test images
+    cv_seed: int = 0                # ... their random assignment
+    confidence: float = 0.95        # Clopper-Pearson intervals of precision, recall, remaining copies
     k: int = 10                     # neighbours kept per test image
     candidates: int = 64            # index candidates per query view, re-scored exactly
     nprobe: int | None = None       # None: the index's own setting
@@ -167,6 +185,8 @@ class AuditConfig:
             require(-1.0 <= self.threshold <= 1.0, "threshold",
                     f"is a cosine similarity and must be in [-1, 1], got {self.threshold}")
         require(0.0 < self.target_precision <= 1.0, "target_precision", "must be in (0, 1]")
+        require(self.cv_folds >= 2, "cv_folds", "must be at least 2")
+        require(0.5 <= self.confidence < 1.0, "confidence", "must be in [0.5, 1), e.g. 0.95")
         require(self.k >= 1, "k", "must be at least 1")
         require(self.candidates >= self.k, "candidates", "must be at least k")
         require(self.nprobe is None or self.nprobe >= 1, "nprobe", "must be at least 1")
@@ -178,9 +198,31 @@ class AuditConfig:
 
 
 @dataclass
+class LabelConfig:
+    """The sample of pairs ``dedup label`` exports for a person to mark (see labels.py)."""
+
+    pairs: int = 120                # pairs to mark, over all audited test sets
+    seed: int = 0
+    # score bands: [-1, t-0.15), [t-0.15, t-0.08), ..., [t+0.08, 1] around the audit's threshold t
+    band_offsets: list[float] = field(default_factory=lambda: [-0.15, -0.08, -0.03, 0.0, 0.03, 0.08])
+    # pairs per band ~ weight x sqrt(images in it): most near the threshold
+    band_weights: list[float] = field(default_factory=lambda: [1.0, 1.5, 3.0, 4.0, 4.0, 3.0, 1.0])
+
+    def validate(self) -> None:
+        require(self.pairs >= 1, "pairs", "must be at least 1")
+        require(all(-1.0 < o < 1.0 for o in self.band_offsets), "band_offsets",
+                "are cosine offsets from the threshold and must be in (-1, 1)")
+        require(len(self.band_weights) == len(self.band_offsets) + 1, "band_weights",
+                f"needs one weight per band: {len(self.band_offsets) + 1} for "
+                f"{len(self.band_offsets)} band_offsets")
+        require(all(w >= 0 for w in self.band_weights), "band_weights", "must be >= 0")
+
+
+@dataclass
 class DedupConfig:
-    """The whole dedup config: ``embedder`` + ``index`` (for index), ``audit`` (for audit)."""
+    """The whole dedup config: ``embedder`` + ``index`` (for index), ``audit`` (for audit), ``label``."""
 
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)

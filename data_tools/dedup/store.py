@@ -4,6 +4,8 @@ Layout (``INDEX/vectors/``)::
 
     block-000042.keys.parquet    column ``key``: the pool keys of the block's rows, in order
     block-000042.skipped.json    {"counts": {reason: n}, "items": ["shard:key: reason", ...]}
+    block-000042.view1.npy       float16 (rows, dim): pool view 1 of the same rows (one file per
+                                 extra view of ``embedder.pool_views``; absent with one view)
     block-000042.npy             float16 (rows, dim), unit rows; written last = the block is done
 
 Vector ids are global row numbers: block order, then row order. The store
@@ -44,18 +46,22 @@ def write_block(root: Path, index: int, keys: list[str], vectors: np.ndarray,
                 skipped: dict) -> None:
     """Write one block: keys, skipped list, then the vectors (the done marker), each atomically.
 
-    ``vectors``: (len(keys), dim) unit rows; stored as float16 (cosine error
-    below 1e-3, half the disk of float32).
+    ``vectors``: (len(keys), dim) unit rows, or (len(keys), V, dim) for V pool
+    views (view 0 in ``.npy``, view j in ``.viewJ.npy``, written first);
+    stored as float16 (cosine error below 1e-3, half the disk of float32).
     """
     root = Path(root)
+    vectors = vectors[:, None] if vectors.ndim == 2 else vectors
     if len(keys) != len(vectors):
         raise ValueError(f"block {index}: {len(keys)} keys but {len(vectors)} vectors")
     stem = block_stem(index)
     with atomic_path(root / f"{stem}.keys.parquet") as tmp:
         pq.write_table(pa.table({"key": pa.array(keys, pa.string())}), tmp)
     write_json(root / f"{stem}.skipped.json", skipped)
-    with atomic_path(root / f"{stem}.npy") as tmp, open(tmp, "wb") as handle:
-        np.save(handle, np.ascontiguousarray(vectors, dtype=np.float16))
+    for view in [*range(1, vectors.shape[1]), 0]:
+        name = f"{stem}.npy" if view == 0 else f"{stem}.view{view}.npy"
+        with atomic_path(root / name) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, np.ascontiguousarray(vectors[:, view], dtype=np.float16))
 
 
 class VectorStore:
@@ -87,11 +93,13 @@ class VectorStore:
             raise DataError(f"{self.root}: blocks of different dimensions {sorted(dims)}; rebuild")
         self.dim = dims.pop()
         self.offsets = np.concatenate([[0], np.cumsum([s[0] for s in shapes])]).astype(np.int64)
-        self.ntotal = int(self.offsets[-1])
+        self.ntotal = int(self.offsets[-1])   # pool images (rows); the index holds ntotal x views
+        self.views = 1 + sum(1 for _ in self.root.glob(f"{block_stem(found[0])}.view*.npy"))
 
     @functools.lru_cache(maxsize=4096)
-    def _map(self, block: int) -> np.ndarray:
-        return np.load(self.root / f"{block_stem(block)}.npy", mmap_mode="r")
+    def _map(self, block: int, view: int = 0) -> np.ndarray:
+        suffix = "" if view == 0 else f".view{view}"
+        return np.load(self.root / f"{block_stem(block)}{suffix}.npy", mmap_mode="r")
 
     @functools.lru_cache(maxsize=64)
     def _keys(self, block: int) -> np.ndarray:
@@ -102,9 +110,9 @@ class VectorStore:
         """(first id, end id) of the block at list position ``position``."""
         return int(self.offsets[position]), int(self.offsets[position + 1])
 
-    def block_vectors(self, position: int) -> np.ndarray:
-        """The memory-mapped float16 rows of the block at list position ``position``."""
-        return self._map(self.blocks[position])
+    def block_vectors(self, position: int, view: int = 0) -> np.ndarray:
+        """The memory-mapped float16 rows (pool view ``view``) of the block at list position ``position``."""
+        return self._map(self.blocks[position], view)
 
     def _locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ids = np.asarray(ids, dtype=np.int64)
@@ -125,13 +133,17 @@ class VectorStore:
             where = order[lo:hi]
             yield int(pos[where[0]]), where, rows[where]
 
-    def vectors(self, ids: np.ndarray) -> np.ndarray:
-        """float32 (len(ids), dim) rows for global ids (any order, repeats allowed)."""
+    def vectors(self, ids: np.ndarray, view: int = 0) -> np.ndarray:
+        """float32 (len(ids), dim) rows of pool view ``view`` for global ids (any order, repeats allowed)."""
         ids = np.asarray(ids, dtype=np.int64).ravel()
         out = np.empty((len(ids), self.dim), dtype=np.float32)
         for position, where, rows in self._groups(ids):
-            out[where] = self.block_vectors(position)[rows]
+            out[where] = self.block_vectors(position, view)[rows]
         return out
+
+    def all_views(self, ids: np.ndarray) -> np.ndarray:
+        """float32 (len(ids), views, dim): every stored pool view of each id."""
+        return np.stack([self.vectors(ids, view) for view in range(self.views)], axis=1)
 
     def keys(self, ids: np.ndarray) -> list[str]:
         """Pool keys of global ids, in the given order."""
@@ -161,11 +173,12 @@ class VectorStore:
                 found[str(block_keys[row])] = int(self.offsets[position] + row)
         return found
 
-    def iter_chunks(self, positions: list[int], rows: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids int64, float32 vectors) chunks of the blocks at ``positions``, in order."""
+    def iter_chunks(self, positions: list[int], rows: int = 65536,
+                    view: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids int64, float32 vectors of pool view ``view``) chunks of the blocks at ``positions``."""
         for p in positions:
             start, _ = self.block_range(p)
-            data = self.block_vectors(p)
+            data = self.block_vectors(p, view)
             for lo in range(0, len(data), rows):
                 chunk = np.asarray(data[lo:lo + rows], dtype=np.float32)
                 yield np.arange(start + lo, start + lo + len(chunk), dtype=np.int64), chunk

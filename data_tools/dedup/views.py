@@ -12,7 +12,11 @@ Spec strings (``audit.views``):
 * ``crop:S`` / ``crop:SXxSY``: crops of linear size S (or width SX and
   height SY; each in (0, 1)) at a 3 x 3 grid of positions (finds a pool copy
   that shows a part of the test image, also with a changed aspect ratio);
-* ``rotate:A``: rotated by +A and -A degrees.
+* ``rotate:A``: rotated by +A and -A degrees;
+* ``centre:S``: one crop of linear size S at the centre. Used on the pool
+  side (``embedder.pool_views``): a test image that is a crop of a larger
+  pool photo matches the pool photo's stored centre crop, which no view of
+  the test image can reproduce (it cannot show what was cut away).
 """
 
 from __future__ import annotations
@@ -100,6 +104,13 @@ def _expand_crop(text: str, spec: str) -> list[View]:
     return [View("crop", width, height, x, y) for y in grid for x in grid]
 
 
+def _expand_centre(text: str, spec: str) -> list[View]:
+    size = _number(text, spec)
+    if size is None or not 0.0 < size < 1.0:
+        raise ConfigError(f"views: centre needs a linear size in (0, 1), e.g. centre:0.8; got {spec!r}")
+    return [View("crop", size)]
+
+
 def _expand_rotate(text: str, spec: str) -> list[View]:
     angle = _number(text, spec)
     if angle is None or not 0.0 < angle <= 45.0:
@@ -111,7 +122,7 @@ def _expand_rotate(text: str, spec: str) -> list[View]:
 # Spec name -> the views it expands to (a registry: add a kind here and in _APPLY).
 VIEW_KINDS: dict[str, Callable[[str, str], list[View]]] = {
     "identity": _expand_identity, "mirror": _expand_mirror,
-    "crop": _expand_crop, "rotate": _expand_rotate,
+    "crop": _expand_crop, "rotate": _expand_rotate, "centre": _expand_centre,
 }
 
 
