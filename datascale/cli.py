@@ -23,7 +23,9 @@ from typing import Any, Callable, Sequence, TypeVar
 
 from datascale import __version__
 from datascale.config import config_keys, dump_yaml, load_config, to_dict
-from datascale.errors import ConfigError, DatascaleError
+# ConfigPrinted lives in errors, not here: under `python -m datascale.cli` (the DeepSpeed launcher's
+# way in) this module runs as __main__, and a class defined here would be two different classes.
+from datascale.errors import ConfigError, ConfigPrinted, DatascaleError
 
 T = TypeVar("T")
 
@@ -125,10 +127,6 @@ def add_shortcut(parser: argparse.ArgumentParser, *flags: str, key: str, is_list
     shorthand = f"shorthand for --set {key}=..."
     kwargs["help"] = f"{kwargs['help']} ({shorthand})" if kwargs.get("help") else shorthand
     parser.add_argument(*flags, action=_Shortcut, key=key, is_list=is_list, repeat=repeat, default=None, **kwargs)
-
-
-class ConfigPrinted(Exception):
-    """Raised after ``--print-config`` printed the resolved config: the command stops with exit 0."""
 
 
 def override_value(args: argparse.Namespace, key: str) -> str | None:

@@ -34,6 +34,10 @@ class DataError(DatascaleError):
     """Input data that cannot be used as given (corrupt, missing, inconsistent)."""
 
 
+class ConfigPrinted(Exception):
+    """Raised after ``--print-config`` printed the resolved config: the command stops with exit 0."""
+
+
 class OutputExistsError(DatascaleError):
     """An output folder already holds results made with a different config."""
 

@@ -91,3 +91,11 @@ def test_print_config_prints_the_resolved_yaml_and_exits_zero(capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert code == 0 and printed["task"] == "pose" and printed["train"]["steps"] == 7
     assert not Path("never-written").exists()
+
+
+def test_print_config_works_as_python_m_too():
+    """The DeepSpeed launcher starts `python -m datascale.cli`: the module runs as __main__."""
+    proc = subprocess.run([sys.executable, "-m", "datascale.cli", "finetune", "--task", "pose", "--init", "random",
+                           "--arch", "resnet_demo", "--out", "never-written", "--print-config"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("task: pose"), proc.stderr
