@@ -67,11 +67,22 @@ def resolve_data(cfg: PretrainConfig):
     evalset = load_subset(cfg.data.eval)
     if evalset.images == 0:
         raise DataError(f"the eval set {cfg.data.eval} is empty")
+    for subset, what in ((train, "train subset"), (evalset, "eval set")):
+        _check_shard_files(subset, what)
     if evalset.source_vocabulary().names != train.source_vocabulary().names:
         raise DataError(f"the eval set {cfg.data.eval} uses other classes than {cfg.data.train}; "
                         "shard both with the same classes.json")
     evalset = dataclasses.replace(evalset, classes=train.classes)
     return train, evalset, train.vocabulary()
+
+
+def _check_shard_files(subset, what: str) -> None:
+    """Every shard of ``subset`` is a non-empty file: found before training, not at the first eval."""
+    bad = [p for p in subset.shard_paths() if not p.is_file() or p.stat().st_size == 0]
+    if bad:
+        raise DataError(f"the {what} {subset.path} lacks {len(bad)} of its {len(subset.shards)} shards "
+                        f"({', '.join(str(p) for p in bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+                        "write the shards again (`datascale shards write`) or check the path")
 
 
 def _classes_file(subset) -> Path:
@@ -193,6 +204,7 @@ class RunContext:
     channels_last: bool
     model: object = None             # built (and an init_from checkpoint checked) before any process group
     finished: dict | None = None     # metrics.json of a run that is already complete
+    notes: dict = field(default_factory=dict)  # step reached, checkpoints skipped on resume
 
     @property
     def input_dtype(self):
@@ -246,6 +258,7 @@ def start_run(cfg: PretrainConfig, out: Path, force: bool) -> RunContext:
             run.finished = json.loads((out / "metrics.json").read_text())
             return run
         write_json(out / "deepspeed.json", run.ds_config)
+        (out / "failed.json").unlink(missing_ok=True)  # this attempt's outcome replaces the last one's
     import deepspeed  # after the checks: a finished run costs no DeepSpeed start-up
 
     ensure_process_group_env()
@@ -265,17 +278,33 @@ def train(cfg: PretrainConfig, out: Path, progress: bool = True, force: bool = F
     run = start_run(cfg, out, force)
     if run.finished is not None:
         return run.finished
+    try:
+        return _train(run, progress)
+    except TrainingDiverged:
+        raise  # wrote failed.json itself
+    except BaseException as exc:
+        if run.rank == 0 and (out / "config.yaml").is_file():
+            write_json(out / "failed.json", {"error": f"{type(exc).__name__}: {exc}",
+                                             "step": run.notes.get("step", 0)})
+        raise
+
+
+def _train(run: RunContext, progress: bool) -> dict:
+    """The loop of :func:`train` on a started run."""
+    cfg, out = run.cfg, run.out
     optimizer, scheduler = build_optimizer(cfg, run.model)
     engine = build_engine(run.model, optimizer, scheduler, run.ds_config, run.world_size)
     ckpt_dir = out / "checkpoints"
-    position = ckpt.resume(engine, ckpt_dir, run.rank) or ckpt.DataPosition()
+    resumed = ckpt.resume(engine, ckpt_dir, run.rank, run.world_size)
+    position = resumed.position if resumed else ckpt.DataPosition()
+    run.notes["skipped_checkpoints"] = resumed.skipped if resumed else {}
     _truncate_logs(run, position.step)
     loader = make_train_loader(run.train_set, loader_config(cfg), num_classes=len(run.vocab),
                                epoch=position.epoch, samples_seen=position.samples_seen,
                                rank=run.rank, world_size=run.world_size)
     bar = tqdm(total=cfg.schedule.steps, initial=position.step, desc=f"pretrain {run.train_set.name}",
                disable=not progress or run.rank != 0, unit="step")
-    last_tag, result, window = ckpt.latest_tag(ckpt_dir), {}, _Window()
+    last_tag, result, window = (resumed.tag if resumed else None), {}, _Window()
     generator = torch.Generator()
     # Checkpoints are taken at optimizer-step boundaries, so a resumed run starts on one.
     accum, micro_steps = run.ds_config["gradient_accumulation_steps"], 0
@@ -301,6 +330,7 @@ def train(cfg: PretrainConfig, out: Path, progress: bool = True, force: bool = F
                 continue
             position.step += 1
             position.epoch, position.samples_seen = loader.epoch, loader.samples_seen
+            run.notes["step"] = position.step
             bar.update(1)
             step, last = position.step, position.step == cfg.schedule.steps
             if step % cfg.schedule.log_every == 0 or last:
@@ -310,7 +340,8 @@ def train(cfg: PretrainConfig, out: Path, progress: bool = True, force: bool = F
             if step % cfg.schedule.eval_every == 0 or last:
                 result = _evaluate_on_rank0(run, engine.module, step)
             if step % cfg.schedule.checkpoint_every == 0 or last:
-                last_tag = ckpt.save(engine, ckpt_dir, position, run.rank, cfg.schedule.keep_checkpoints)
+                last_tag = ckpt.save(engine, ckpt_dir, position, run.rank, cfg.schedule.keep_checkpoints,
+                                     run.world_size)
             if last:
                 break
         if loader.skipped:
@@ -384,6 +415,7 @@ def finish_run(run: RunContext, engine, tag: str | None, result: dict) -> dict:
         final = {"task": "pretrain", "steps": cfg.schedule.steps, "metrics": {"eval": {key: result[key]}},
                  "eval_classes": result["eval_classes"], "eval_images": result["eval_images"]}
         write_json(out / "metrics.json", final)
-        mark_complete(out, {"steps": cfg.schedule.steps})
+        mark_complete(out, {"steps": cfg.schedule.steps,
+                            "skipped_checkpoints": run.notes.get("skipped_checkpoints", {})})
     dist.barrier()
     return final
