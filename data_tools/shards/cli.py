@@ -49,4 +49,5 @@ def register_cli(subparsers: Any) -> None:
                         help="check every shard against manifest.parquet and sizes.json")
     verify.add_argument("shards", help="shards folder written by `datascale shards write`")
     verify.add_argument("--full", action="store_true",
-                        help="decode every image (default: the first of each shard)")
+                        help="decode every image and check its bytes (sha1) and labels against "
+                             "manifest.parquet (default: members, keys, counts, first image per shard)")
