@@ -19,11 +19,12 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from datascale import __version__, lock
 from datascale.config import config_keys, dump_yaml, load_config, to_dict
-from datascale.errors import ConfigError, DatascaleError, out_of_space
+from datascale.errors import SKIP_LOG_ENV, SKIP_LOG_FILE, ConfigError, DatascaleError, out_of_space
 
 T = TypeVar("T")
 
@@ -195,7 +196,11 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 
 def _run(args: argparse.Namespace, folder) -> int | None:
-    """Run the command; a full disk becomes a DataError that names the folder."""
+    """Run the command; a full disk becomes a DataError that names the folder. Every item
+    the command skips is named in ``FOLDER/skipped.tsv`` (:func:`datascale.errors.count_skip`)."""
+    previous = os.environ.get(SKIP_LOG_ENV)
+    if folder is not None:
+        os.environ[SKIP_LOG_ENV] = str(Path(folder).resolve() / SKIP_LOG_FILE)
     try:
         return args.func(args)
     except (OSError, RuntimeError) as exc:
@@ -203,6 +208,11 @@ def _run(args: argparse.Namespace, folder) -> int | None:
         if full is None:
             raise
         raise full from exc
+    finally:
+        if previous is None:
+            os.environ.pop(SKIP_LOG_ENV, None)
+        else:
+            os.environ[SKIP_LOG_ENV] = previous
 
 
 def main(argv: Sequence[str] | None = None) -> int:

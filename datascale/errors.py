@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,30 @@ def count_skip(skipped: collections.Counter | None, reason: str, detail: str) ->
     skipped[reason] += 1
     level = logging.WARNING if skipped[reason] <= LOGGED_PER_REASON else logging.DEBUG
     log.log(level, "skipped (%s): %s", reason, detail)
+    _name_in_skip_log(reason, detail)
+
+
+# Every skip is also named, one line each, in the running stage's SKIP_LOG_FILE:
+# datascale.cli.main points SKIP_LOG_ENV at it, so worker processes and DeepSpeed
+# ranks (which inherit the environment) add their skips to the same file, and
+# mark_complete records it in complete.json.
+SKIP_LOG_ENV = "DATASCALE_SKIP_LOG"
+SKIP_LOG_FILE = "skipped.tsv"
+
+
+def _name_in_skip_log(reason: str, detail: str) -> None:
+    path = os.environ.get(SKIP_LOG_ENV)
+    if not path:
+        return
+    text = " ".join(str(detail).split())
+    try:  # one O_APPEND write per line: lines from several processes do not interleave
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(fd, f"{reason}\t{text}\n".encode("utf-8", "replace"))
+        finally:
+            os.close(fd)
+    except OSError:  # the folder is not there (yet): the log line above still says it
+        pass
 
 
 # --------------------------------------------------------------------------- a full disk

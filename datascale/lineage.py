@@ -22,7 +22,7 @@ import yaml
 from datascale import __version__
 from datascale.atomic import write_json, write_text
 from datascale.config import dump_yaml, to_dict
-from datascale.errors import DataError, OutputExistsError
+from datascale.errors import SKIP_LOG_FILE, DataError, OutputExistsError
 from datascale.lock import LOCK_FILE
 
 log = logging.getLogger(__name__)
@@ -185,11 +185,21 @@ def _empty_folder(out_dir: Path) -> None:
 
 def mark_complete(out_dir: str | Path, summary: Mapping[str, Any] | None = None,
                   marker: str = COMPLETE_FILE) -> None:
-    """Mark a stage's output folder finished (atomically), with an optional summary."""
+    """Mark a stage's output folder finished (atomically), with an optional summary.
+
+    If the stage skipped items, ``skipped.tsv`` names every one (reason, item;
+    repeats from a resumed attempt removed) and the marker says so."""
+    named = {}
+    skip_log = Path(out_dir) / SKIP_LOG_FILE
+    if skip_log.is_file():
+        lines = list(dict.fromkeys(skip_log.read_text(encoding="utf-8").splitlines()))
+        write_text(skip_log, "".join(line + "\n" for line in lines))
+        named = {"skipped_items_file": SKIP_LOG_FILE, "skipped_items_named": len(lines)}
     write_json(Path(out_dir) / marker, {
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "pid": os.getpid(),
         **to_dict(dict(summary or {})),
+        **named,
     })
 
 

@@ -128,3 +128,16 @@ def test_verify_full_checks_bytes_and_labels_against_the_manifest(tmp_path, caps
     out = capsys.readouterr().out
     expected = "sha1" if damage == "flipped_bit_in_jpeg" else "labels in KEY.json differ"
     assert expected in out and "shard-000000.tar" in out and "FAILED" in out, out
+
+
+def test_every_skipped_input_is_named_not_only_the_first_five(tmp_path, capsys):
+    source = _folder(tmp_path / "in", {"cat": [f"good{i}.jpg" for i in range(3)]})
+    for i in range(8):
+        (source / "cat" / f"broken{i}.jpg").write_bytes(b"not a jpeg at all")
+    summary = _write(source, tmp_path / "shards", capsys)
+    assert summary["images"] == 3 and summary["skipped"]["corrupt_image"] == 8
+    lines = (tmp_path / "shards" / "skipped.tsv").read_text().splitlines()
+    assert len(lines) == 8 and all(line.startswith("corrupt_image\t") for line in lines)
+    assert {f"cat/broken{i}.jpg" for i in range(8)} <= {l.split("\t")[1].split(":")[0] for l in lines}
+    assert summary["skipped_items_named"] == 8 and summary["skipped_items_file"] == "skipped.tsv"
+    assert "skipped.tsv" in (tmp_path / "shards" / "card.md").read_text()

@@ -123,6 +123,7 @@ def card_markdown(summary: dict, num_classes: int) -> str:
     if summary["skipped"]:
         lines += ["| reason | count |", "|---|---|"]
         lines += [f"| {reason} | {count:,} |" for reason, count in summary["skipped"].items()]
+        lines += ["", "Every skipped input is named in `skipped.tsv` (reason, input), one per line."]
     else:
         lines.append("none")
     return "\n".join(lines) + "\n"
