@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import tarfile
+import unicodedata
 from typing import Iterable
 
 import numpy as np
@@ -19,7 +21,11 @@ DEFAULT_SALT = "datascale"
 # rank is exact and strictly below 1.0 (64 bits / 2**64 can round up to 1.0).
 _SHIFT = 11
 _SCALE = 2.0 ** -53
-_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-/]")
+# Letters and digits of any script are kept (``\w`` is Unicode-aware); what else a
+# key may not hold (dots, spaces, punctuation) is replaced.
+_KEY_UNSAFE = re.compile(r"[^\w\-/]")
+_HASH_SEP = "~"          # never produced by the replacement above, so hashed keys stay apart
+_KEY_MAX_BYTES = 200     # with ".jpeg", fits the 255-byte name+prefix of a USTAR tar member
 
 
 def _digest(key: str, salt: str) -> bytes:
@@ -48,13 +54,36 @@ def sample_ranks(keys: Iterable[str], salt: str = DEFAULT_SALT) -> np.ndarray:
 
 
 def sanitize_key(text: str) -> str:
-    """A WebDataset-safe sample key from a path-like string.
+    """A WebDataset-safe sample key from a path-like string, unique and stable for any name.
 
     WebDataset splits a member name at the first dot of its base name, so a
-    key must hold no dot; other unusual characters are replaced too so that
-    keys survive every tar tool. Two inputs that sanitise to the same key are
-    reported as duplicate keys by the writer, never merged silently.
+    key must hold no dot; spaces and punctuation are replaced too so that
+    keys survive every tar tool. Letters and digits of every script are kept
+    (NFC-normalised): ``猫/001`` stays ``猫/001``. A name that had to change
+    gets ``~`` and a short hash of the original text appended, so two names
+    that sanitise alike (``a b`` and ``a_b``, NFC and NFD forms) still get
+    distinct keys: a duplicate key then always means a repeated input name.
+    A name too long for a tar member is cut and hashed the same way.
     """
-    key = _KEY_UNSAFE.sub("_", text.replace("\\", "/")).strip("/")
-    key = re.sub(r"/+", "/", key)
-    return key or "_"
+    normal = unicodedata.normalize("NFC", text)
+    key = re.sub(r"/+", "/", _KEY_UNSAFE.sub("_", normal.replace("\\", "/"))).strip("/") or "_"
+    if key == text and _fits_tar(key):
+        return key
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
+    while not _fits_tar(f"{key}{_HASH_SEP}{digest}"):
+        key = key[: max(1, len(key) - 8)]
+    return f"{key}{_HASH_SEP}{digest}"
+
+
+def _fits_tar(key: str) -> bool:
+    """True when ``KEY.jpeg`` fits a USTAR member name (100 bytes, or prefix/name split at a /)."""
+    size = len(key.encode("utf-8"))
+    if size <= 95:
+        return True
+    if size > _KEY_MAX_BYTES:
+        return False
+    try:
+        tarfile.TarInfo(key + ".jpeg").tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+        return True
+    except ValueError:
+        return False

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,12 +19,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` on success.
 
     On an exception the temporary file is removed and ``path`` is untouched.
+    The file gets the permissions a plain ``open`` would give it (0666 less
+    the umask), so a cluster group can read what a stage writes.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _create_temporary(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -32,6 +32,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def _create_temporary(path: Path) -> Path:
+    """A new empty file ``.NAME.RANDOM.tmp`` beside ``path``, created with mode 0666 & ~umask.
+
+    ``tempfile.mkstemp`` would make it 0600 whatever the umask; ``O_EXCL``
+    keeps the same guarantee that no other writer shares the name.
+    """
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:  # pragma: no cover - 48 random bits
+            continue
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

@@ -19,13 +19,15 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-from datascale import __version__
+from datascale import __version__, lock
 from datascale.config import config_keys, dump_yaml, load_config, to_dict
 # ConfigPrinted lives in errors, not here: under `python -m datascale.cli` (the DeepSpeed launcher's
 # way in) this module runs as __main__, and a class defined here would be two different classes.
-from datascale.errors import ConfigError, ConfigPrinted, DatascaleError
+from datascale.errors import (SKIP_LOG_ENV, SKIP_LOG_FILE, ConfigError, ConfigPrinted, DatascaleError,
+                              out_of_space)
 
 T = TypeVar("T")
 
@@ -156,6 +158,14 @@ def config_from_args(schema: type[T], args: argparse.Namespace, source: Any = No
     return cfg
 
 
+def locks_output(parser: argparse.ArgumentParser, dest: str = "out",
+                 unless: Callable[[argparse.Namespace], bool] | None = None) -> None:
+    """Declare that the command writes the folder in ``args.<dest>``: :func:`main` holds its
+    exclusive lock (:mod:`datascale.lock`) while the command runs, except when
+    ``unless(args)`` is true (e.g. one part of a build that runs on many machines at once)."""
+    parser.set_defaults(lock_dest=dest, lock_unless=unless)
+
+
 def subcommand(subparsers: Any, name: str, func: Callable[[argparse.Namespace], int | None],
                help: str, description: str | None = None) -> argparse.ArgumentParser:
     """Create a subcommand parser bound to ``func(args) -> exit code``."""
@@ -193,6 +203,26 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else max(level, quiet_level))
 
 
+def _run(args: argparse.Namespace, folder) -> int | None:
+    """Run the command; a full disk becomes a DataError that names the folder. Every item
+    the command skips is named in ``FOLDER/skipped.tsv`` (:func:`datascale.errors.count_skip`)."""
+    previous = os.environ.get(SKIP_LOG_ENV)
+    if folder is not None:
+        os.environ[SKIP_LOG_ENV] = str(Path(folder).resolve() / SKIP_LOG_FILE)
+    try:
+        return args.func(args)
+    except (OSError, RuntimeError) as exc:
+        full = out_of_space(exc, folder or os.getcwd())
+        if full is None:
+            raise
+        raise full from exc
+    finally:
+        if previous is None:
+            os.environ.pop(SKIP_LOG_ENV, None)
+        else:
+            os.environ[SKIP_LOG_ENV] = previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``datascale`` console script; returns the exit code."""
     parser = build_parser()
@@ -203,8 +233,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     _setup_logging(args.verbose, args.quiet)
+    folder = getattr(args, getattr(args, "lock_dest", None) or "", None)
     try:
-        code = args.func(args)
+        unless = getattr(args, "lock_unless", None)
+        dry = getattr(args, "print_config", False) or getattr(args, "dry_run", False)
+        # Nothing written, or a folder shared by design: no lock.
+        with lock.hold(None if dry or (unless and unless(args)) else folder, lock.command_line()):
+            code = _run(args, folder)
     except ConfigPrinted:
         return 0
     except ConfigError as exc:

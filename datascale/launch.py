@@ -15,11 +15,11 @@ import os
 import shlex
 import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from datascale import procs
 from datascale.errors import ConfigError, DatascaleError
 
 # Arguments of the calling command that only make sense to the launching process.
@@ -129,7 +129,7 @@ def run_launcher(cmd: Sequence[str], dry_run: bool = False) -> int:
     # The ranks must import this checkout (also when it is not installed).
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([root, env["PYTHONPATH"]]) if env.get("PYTHONPATH") else root
-    return subprocess.run(list(cmd), env=env).returncode
+    return procs.run(list(cmd), env=env)  # the launcher and its ranks die with this process
 
 
 def register_cli(subparsers) -> None:

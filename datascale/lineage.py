@@ -22,7 +22,8 @@ import yaml
 from datascale import __version__
 from datascale.atomic import write_json, write_text
 from datascale.config import dump_yaml, to_dict
-from datascale.errors import DataError, OutputExistsError
+from datascale.errors import SKIP_LOG_FILE, DataError, OutputExistsError
+from datascale.lock import LOCK_FILE
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,26 @@ def content_hash(path: str | Path) -> str:
         digest.update(rel.encode())
         digest.update(sha256_file(file).encode())
     return digest.hexdigest()
+
+
+def child_folder(parent: str | Path, name: str, what: str = "name") -> Path:
+    """``parent/name`` for a user-given ``name``, checked to stay inside ``parent``.
+
+    The name must be one plain folder name: not empty, no ``/`` or ``\\``, not
+    ``.``, ``..`` or hidden, no control characters; and ``parent/name`` must not
+    resolve (through a symlink) outside ``parent``. Any other Unicode is fine.
+    """
+    text = str(name)
+    bad = (not text.strip() or text in (".", "..") or text.startswith(".") or "/" in text
+           or "\\" in text or any(ord(c) < 32 for c in text) or Path(text).is_absolute())
+    root = Path(parent).resolve()
+    if not bad:
+        target = (root / text).resolve()
+        bad = target.parent != root
+    if bad:
+        raise DataError(f"{what} {text!r} cannot be a folder inside {parent}: give a plain name "
+                        "(no '/', '..', leading '.' or control characters)")
+    return Path(parent) / text
 
 
 def config_record(stage: str, config: Any, inputs: Mapping[str, str | Path] | None = None,
@@ -119,22 +140,29 @@ def prepare_output_dir(out_dir: str | Path, record: dict, force: bool = False
     same config (the caller skips the stage), ``"resume"`` if it holds
     unfinished output of the same config, else ``"new"`` (folder created,
     config.yaml written). A folder made with another config raises
-    OutputExistsError unless ``force``, which deletes it first. A non-empty
-    folder that datascale did not write is never deleted.
+    OutputExistsError unless ``force``, which empties it first. ``force``
+    only ever replaces output of the same stage: a non-empty folder that
+    datascale did not write, or that another stage wrote, is never deleted.
+    The folder's lock file (:mod:`datascale.lock`) is neither content nor deleted.
     """
     out_dir = Path(out_dir)
     existing = read_config_record(out_dir)
     if existing is not None:
         if same_lineage(existing, record):
             return "complete" if is_complete(out_dir) else "resume"
+        if existing.get("stage") != record.get("stage"):
+            raise OutputExistsError(
+                f"{out_dir} holds the output of `datascale {existing.get('stage')}`, not of "
+                f"`datascale {record.get('stage')}`; choose another output folder "
+                "(--force only replaces output of the same stage)")
         if not force:
             raise OutputExistsError(
                 f"{out_dir} holds output made with a different config or inputs; "
                 "choose another output folder, or pass --force to replace it"
             )
         log.warning("--force: replacing %s", out_dir)
-        shutil.rmtree(out_dir)
-    elif out_dir.is_dir() and any(out_dir.iterdir()):
+        _empty_folder(out_dir)
+    elif out_dir.is_dir() and any(p.name != LOCK_FILE for p in out_dir.iterdir()):
         raise OutputExistsError(
             f"{out_dir} exists, is not empty and was not written by datascale; "
             "choose an empty or new output folder"
@@ -144,13 +172,34 @@ def prepare_output_dir(out_dir: str | Path, record: dict, force: bool = False
     return "new"
 
 
+def _empty_folder(out_dir: Path) -> None:
+    """Delete everything in ``out_dir`` but its lock file (which another process may be waiting on)."""
+    for child in out_dir.iterdir():
+        if child.name == LOCK_FILE:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 def mark_complete(out_dir: str | Path, summary: Mapping[str, Any] | None = None,
                   marker: str = COMPLETE_FILE) -> None:
-    """Mark a stage's output folder finished (atomically), with an optional summary."""
+    """Mark a stage's output folder finished (atomically), with an optional summary.
+
+    If the stage skipped items, ``skipped.tsv`` names every one (reason, item;
+    repeats from a resumed attempt removed) and the marker says so."""
+    named = {}
+    skip_log = Path(out_dir) / SKIP_LOG_FILE
+    if skip_log.is_file():
+        lines = list(dict.fromkeys(skip_log.read_text(encoding="utf-8").splitlines()))
+        write_text(skip_log, "".join(line + "\n" for line in lines))
+        named = {"skipped_items_file": SKIP_LOG_FILE, "skipped_items_named": len(lines)}
     write_json(Path(out_dir) / marker, {
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "pid": os.getpid(),
         **to_dict(dict(summary or {})),
+        **named,
     })
 
 

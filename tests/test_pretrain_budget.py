@@ -10,7 +10,7 @@ import pytest
 from analysis.fit import fit_table
 from analysis.results import to_frame
 from scaling.pretrain.config import PretrainConfig
-from scaling.pretrain.loop import training_budget
+from scaling.pretrain.budget import training_budget
 
 
 def _cfg(steps=800, batch=64):

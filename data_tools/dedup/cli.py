@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from datascale.cli import add_config_args, add_shortcut, config_from_args, subcommand
+from datascale.cli import add_config_args, add_shortcut, config_from_args, locks_output, subcommand
 
 INDEX_HELP = """\
 Embed the pretraining pool (a subset folder or a shards folder) and build its
@@ -128,6 +128,7 @@ def register_cli(subparsers: Any) -> None:
     index.add_argument("--world-size", type=int, help="number of ranks (unset: $WORLD_SIZE, else 1)")
     add_shortcut(index, "--workers", key="embedder.workers", type=int, help="image decoding processes")
     add_config_args(index, "dedup/demo", DedupConfig)
+    locks_output(index, unless=lambda args: args.step in ("embed", "add"))  # parts run side by side
     audit = subcommand(actions, "audit", _cmd_audit, help="audit test sets against a dedup index",
                        description=AUDIT_HELP)
     audit.add_argument("index", help="index folder written by `datascale dedup index`")
@@ -142,6 +143,7 @@ def register_cli(subparsers: Any) -> None:
     add_shortcut(audit, "--embedder", key="audit.embedder", help="the embedder you expect the index to use (checked)")
     add_shortcut(audit, "--workers", key="audit.workers", type=int, help="image decoding processes")
     add_config_args(audit, "dedup/demo", DedupConfig)
+    locks_output(audit)
     label = subcommand(actions, "label", _cmd_label, help="export a sample of pairs to mark by hand",
                        description=LABEL_HELP)
     label.add_argument("audit", help="audit folder written by `datascale dedup audit` (or one test set's)")
@@ -149,3 +151,4 @@ def register_cli(subparsers: Any) -> None:
     add_shortcut(label, "--pairs", key="label.pairs", type=int, help="pairs to mark, over all test sets")
     add_shortcut(label, "--seed", key="label.seed", type=int, help="seed of the sample")
     add_config_args(label, "dedup/demo", DedupConfig)
+    locks_output(label)

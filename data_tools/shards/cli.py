@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from datascale.cli import add_config_args, config_from_args, subcommand
+from datascale.cli import add_config_args, config_from_args, locks_output, subcommand
 from data_tools.shards.config import ShardsConfig
 
 
@@ -43,9 +43,11 @@ def register_cli(subparsers: Any) -> None:
                        "folder (--set split=eval for its eval set).")
     write.add_argument("input", help="image folder tree, manifest file, tar folder or world")
     write.add_argument("--out", required=True, help="output shards folder")
+    locks_output(write)
     add_config_args(write, None, ShardsConfig)
     verify = subcommand(actions, "verify", _cmd_verify,
                         help="check every shard against manifest.parquet and sizes.json")
     verify.add_argument("shards", help="shards folder written by `datascale shards write`")
     verify.add_argument("--full", action="store_true",
-                        help="decode every image (default: the first of each shard)")
+                        help="decode every image and check its bytes (sha1) and labels against "
+                             "manifest.parquet (default: members, keys, counts, first image per shard)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -22,6 +23,9 @@ from datascale.formats.wds import ImageCheckError, check_image, read_shard
 from data_tools.shards.sources import iter_parquet_batches
 
 log = logging.getLogger(__name__)
+NOT_CHECKED = ("quick check: members, keys and counts against manifest.parquet and sizes.json, and the "
+               "first image of each shard decoded. Not checked: the other images, image bytes against "
+               "the manifest's sha1, labels against the manifest; run with --full for those.")
 
 
 class LabelTally:
@@ -136,6 +140,7 @@ def card_markdown(summary: dict, num_classes: int) -> str:
     if summary["skipped"]:
         lines += ["| reason | count |", "|---|---|"]
         lines += [f"| {reason} | {count:,} |" for reason, count in summary["skipped"].items()]
+        lines += ["", "Every skipped input is named in `skipped.tsv` (reason, input), one per line."]
     else:
         lines.append("none")
     return "\n".join(lines) + "\n"
@@ -144,20 +149,36 @@ def card_markdown(summary: dict, num_classes: int) -> str:
 # --------------------------------------------------------------------------- verify
 
 
-def _check_shard(path: Path, expected: int | None, manifest_keys: list[str], full: bool
-                 ) -> dict:
+def _check_shard(path: Path, expected: int | None, manifest: list[tuple], full: bool) -> dict:
+    """Problems of one shard against its manifest rows ``(key, sha1, labels)``.
+
+    Always: every member parses, keys and count match, the first image decodes.
+    With ``full``: every image decodes, its bytes hash to the manifest's sha1,
+    and the labels in its KEY.json equal the manifest's.
+    """
     skipped: collections.Counter = collections.Counter()
+    manifest_keys = [row[0] for row in manifest]
+    rows = {row[0]: row for row in manifest} if full else {}
     seen: list[str] = []
     corrupt: list[str] = []
+    mismatched: collections.defaultdict = collections.defaultdict(list)
     for sample in read_shard(path, skipped):
         if full or not seen:
             try:
                 check_image(sample.image)
             except ImageCheckError as exc:
                 corrupt.append(f"{sample.key}: {exc}")
+        row = rows.get(sample.key)
+        if row is not None:
+            if row[1] is not None and hashlib.sha1(sample.image).hexdigest() != row[1]:
+                mismatched["image bytes differ from the manifest's sha1"].append(sample.key)
+            if sample.meta.get("labels") != list(row[2] or []):
+                mismatched["labels in KEY.json differ from the manifest's"].append(sample.key)
         seen.append(sample.key)
     problems = [f"{reason}: {count}" for reason, count in skipped.items()]
     problems += [f"corrupt image {c}" for c in corrupt]
+    problems += [f"{what}: {len(keys)} samples ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                 for what, keys in mismatched.items()]
     if expected is not None and len(seen) != expected:
         problems.append(f"{len(seen)} samples, sizes.json says {expected}")
     if seen != manifest_keys:
@@ -168,25 +189,32 @@ def _check_shard(path: Path, expected: int | None, manifest_keys: list[str], ful
     return {"samples": len(seen), "problems": problems}
 
 
-def _manifest_keys_by_shard(path: Path) -> Iterator[tuple[str, list[str]]]:
-    """(shard, keys) in manifest order; the manifest lists shards one after another."""
-    current, keys = None, []
-    for batch in iter_parquet_batches(path, ["key", "shard"]):
-        for key, shard in zip(batch.column("key").to_pylist(), batch.column("shard").to_pylist()):
+def _manifest_keys_by_shard(path: Path, full: bool = False) -> Iterator[tuple[str, list[tuple]]]:
+    """(shard, [(key, sha1, labels)]) in manifest order; the manifest lists shards one after
+    another. Without ``full`` only the keys are read (sha1 and labels are None)."""
+    columns = ["key", "shard", "sha1", "labels"] if full else ["key", "shard"]
+    current, rows = None, []
+    for batch in iter_parquet_batches(path, columns):
+        keys, shards = batch.column("key").to_pylist(), batch.column("shard").to_pylist()
+        sha1s = batch.column("sha1").to_pylist() if full else [None] * len(keys)
+        labels = batch.column("labels").to_pylist() if full else [None] * len(keys)
+        for key, shard, sha1, label in zip(keys, shards, sha1s, labels):
             if shard != current:
                 if current is not None:
-                    yield current, keys
-                current, keys = shard, []
-            keys.append(key)
+                    yield current, rows
+                current, rows = shard, []
+            rows.append((key, sha1, label))
     if current is not None:
-        yield current, keys
+        yield current, rows
 
 
 def verify_shards(shards_dir: str | Path, full: bool = False, progress: bool = True) -> dict:
     """Open every shard of a shards folder and compare it with manifest.parquet and sizes.json.
 
-    Decodes the first image of each shard, or every image with ``full``.
-    Returns ``{"ok", "shards", "samples", "problems": {shard: [..]}}``.
+    Decodes the first image of each shard; with ``full`` decodes every image
+    and checks its bytes against the manifest's sha1 and its KEY.json labels
+    against the manifest's (``NOT_CHECKED`` says what the quick mode skips).
+    Returns ``{"ok", "shards", "samples", "full", "problems": {shard: [..]}}``.
     Memory: the keys of one shard at a time (the manifest is streamed).
     """
     root = Path(shards_dir)
@@ -194,7 +222,7 @@ def verify_shards(shards_dir: str | Path, full: bool = False, progress: bool = T
         if not (root / name).is_file():
             raise DataError(f"{root}: no {name}; is this a shards folder that finished writing?")
     sizes = json.loads((root / "sizes.json").read_text(encoding="utf-8"))
-    report: dict = {"ok": True, "shards": len(sizes), "samples": 0, "problems": {}}
+    report: dict = {"ok": True, "shards": len(sizes), "samples": 0, "full": full, "problems": {}}
     checked: set[str] = set()
     bar = tqdm(total=len(sizes), desc="verify", unit=" shard", disable=not progress)
 
@@ -213,7 +241,7 @@ def verify_shards(shards_dir: str | Path, full: bool = False, progress: bool = T
             report["problems"][name] = result["problems"]
         bar.update()
 
-    for name, keys in _manifest_keys_by_shard(root / "manifest.parquet"):
+    for name, keys in _manifest_keys_by_shard(root / "manifest.parquet", full):
         check(name, keys)
     for name in sorted(set(sizes) - checked):  # shards without manifest rows (empty ones)
         check(name, [])
@@ -232,3 +260,5 @@ def print_verify_report(report: dict) -> None:
             print(f"{shard}: {problem}")
     status = "OK" if report["ok"] else f"FAILED ({len(report['problems'])} shards with problems)"
     print(f"{report['shards']} shards, {report['samples']} samples: {status}")
+    if not report.get("full"):
+        print(NOT_CHECKED)

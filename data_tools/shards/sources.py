@@ -194,6 +194,9 @@ def read_manifest(path: Path, options: Any, skipped: collections.Counter,
 def _labels_from_members(members: dict[str, bytes]) -> tuple[list, list | None]:
     if "json" in members:
         meta = json.loads(members["json"].decode("utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError(f"KEY.json holds a JSON {type(meta).__name__}, not an object "
+                             'with "labels"')
         raw = meta.get("labels", meta.get("label"))
         true = meta.get("true_labels")
         return parse_labels(raw), (None if true is None else parse_labels(true))
@@ -243,7 +246,7 @@ def read_wds(root: Path, options: Any, skipped: collections.Counter) -> Iterator
                 continue
             try:
                 labels, true = _labels_from_members(small)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            except (ValueError, TypeError, DataError) as exc:  # undecodable, not JSON, not labels
                 count_skip(skipped, "bad_label_member", f"{where}: {exc}")
                 continue
             ext = sorted(images)[0]

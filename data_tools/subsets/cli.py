@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from datascale.cli import add_config_args, add_shortcut, config_from_args, subcommand
+from datascale.cli import add_config_args, add_shortcut, config_from_args, locks_output, subcommand
 from data_tools.subsets.subset import SubsetsConfig
 
 
@@ -22,6 +22,7 @@ def register_cli(subparsers: Any) -> None:
                       "stats.json, classes.json}.")
     make.add_argument("shards", help="shards folder written by `datascale shards write`")
     make.add_argument("--out", required=True, help="folder for the subset folders")
+    locks_output(make)
     add_shortcut(make, "--sizes", key="sizes", is_list=True,
                  help="comma-separated sizes: 10M,30M,100M,300M or 400,1200,4000 or 0.033,0.1,0.33,1")
     add_shortcut(make, "--names", key="names", is_list=True, help="comma-separated subset names, one per size")

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from datascale.atomic import atomic_path, write_json
 from datascale.config import to_dict
 from datascale.errors import DataError
-from datascale.lineage import config_record, is_complete, mark_complete, prepare_output_dir
+from datascale.lineage import child_folder, config_record, is_complete, mark_complete, prepare_output_dir
 from data_tools.labels import Vocabulary
 from data_tools.shards.manifest import MANIFEST_WRITE_OPTIONS
 from data_tools.shards.sources import iter_parquet_batches
@@ -194,7 +194,7 @@ def _plan(cfg: SubsetsConfig, manifest: Path, vocab: Vocabulary, total: int):
         label_map = np.full(len(vocab), -1, dtype=np.int64)
         label_map[np.asarray(keep)] = np.arange(len(keep))
     texts = [str(s).strip() for s in cfg.sizes]
-    fractions, values = parse_sizes(texts)
+    fractions, values = parse_sizes(texts, total)
     if fractions:
         requested, boundaries = [None] * len(texts), values
     else:
@@ -208,7 +208,8 @@ def _plan(cfg: SubsetsConfig, manifest: Path, vocab: Vocabulary, total: int):
     suffix = f"-{len(keep)}classes" if keep is not None else ""
     plan = []
     for text, name, req, boundary in zip(texts, names, requested, boundaries):
-        plan.append({"name": name or (size_name(req) if req else f"f{text}") + suffix,
+        default = "all" if text.lower() == "all" else (size_name(req) if req else f"f{text}")
+        plan.append({"name": name or default + suffix,
                      "size": text, "requested": req, "max_rank": boundary})
     if len({p["name"] for p in plan}) != len(plan):
         raise DataError(f"subset names repeat ({', '.join(p['name'] for p in plan)}); "
@@ -226,6 +227,8 @@ def make_subsets(shards_dir: str | Path, out_dir: str | Path, cfg: SubsetsConfig
     cfg = cfg or SubsetsConfig()
     cfg.validate()
     root, out = Path(shards_dir).resolve(), Path(out_dir)
+    for name in cfg.names or []:  # before any pass: a name must be a folder inside out_dir
+        child_folder(out, name, "subset name")
     manifest = root / "manifest.parquet"
     if not is_complete(root) or not manifest.is_file():
         raise DataError(f"{root}: not a finished shards folder (no complete.json or "
@@ -239,7 +242,7 @@ def make_subsets(shards_dir: str | Path, out_dir: str | Path, cfg: SubsetsConfig
     base_record = config_record(STAGE, to_dict(cfg), {"shards_complete": root / "complete.json",
                                                        "shards_sizes": root / "sizes.json",
                                                        "shards_classes": root / "classes.json"})
-    folders = [out / p["name"] for p in plan]
+    folders = [child_folder(out, p["name"], "subset name") for p in plan]
     states = []
     for p, folder in zip(plan, folders):
         record = {**base_record, "config": {**base_record["config"], "subset": p["name"]}}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -233,26 +234,54 @@ def as_subset(source: Any) -> Subset:
 # --------------------------------------------------------------------------- sizes
 
 
-def parse_sizes(sizes: list[str]) -> tuple[bool, list]:
-    """(are_fractions, values) of subset sizes: counts ``10M``/``400`` or fractions ``0.1,1``.
-
-    The sizes are fractions when all are at most 1 and one has a decimal point.
-    """
-    texts = [str(s).strip().upper() for s in sizes]
+def _parse_size(text: str) -> tuple[str, float]:
+    """("count" | "fraction", value) of one size: ``all``, ``120``, ``10M``, ``1.5K`` or ``0.5``."""
+    t = text.strip().upper()
+    if t == "ALL":
+        return "fraction", 1.0
+    unit = _UNITS.get(t[-1:], None)
     try:
-        values = [float(t[:-1]) * _UNITS[t[-1]] if t[-1:] in _UNITS else float(t) for t in texts]
+        number = float(t[:-1] if unit else t)
     except ValueError:
-        raise DataError(f"subset sizes must be counts (10M, 400) or fractions (0.1); "
-                        f"got {', '.join(map(str, sizes))}") from None
-    if all(v <= 1 for v in values) and any("." in t for t in texts):
-        for text, value in zip(sizes, values):
-            if not 0 < value <= 1:
-                raise DataError(f"subset fraction {text} must be in (0, 1]")
-        return True, values
-    counts = [int(round(v)) for v in values]
-    for text, count in zip(sizes, counts):
-        if count < 1:
-            raise DataError(f"subset size {text} gives {count} images; use a larger size")
+        number = None
+    if number is None or not math.isfinite(number) or number <= 0:
+        raise DataError(f"subset size {text!r} is not a size: give a count (120, 10M), a fraction "
+                        "in (0, 1] (0.5) or 'all'")
+    value = number * (unit or 1)
+    if unit is None and any(c in t for c in ".E"):
+        if value > 1:
+            raise DataError(f"subset size {text!r}: a fraction must be in (0, 1] and a count must be "
+                            "an integer; give 0.5 for half the images or 150 for 150 images")
+        return "fraction", value
+    if value != int(value):
+        raise DataError(f"subset size {text!r} is {value:g} images; a count must be an integer")
+    return "count", value
+
+
+def parse_sizes(sizes: list[str], total: int | None = None) -> tuple[bool, list]:
+    """(are_fractions, values) of subset sizes: counts ``10M``/``400``, fractions ``0.1``, ``all``.
+
+    A size with a decimal point and no unit is a fraction, which must be in
+    (0, 1]; a count must be a whole number (``1.5`` is an error, not 2
+    images); NaN and infinities are errors. ``1`` among fractions is the
+    fraction 1. Counts and fractions cannot be mixed, except ``all``, which is
+    the whole collection (``total`` images) among counts.
+    """
+    parsed = [_parse_size(str(s)) for s in sizes]
+    texts = [str(s).strip().upper() for s in sizes]
+    kinds = {kind for (kind, _), t in zip(parsed, texts) if t != "ALL"}
+    if "fraction" in kinds and any(kind == "count" and value > 1 for kind, value in parsed):
+        raise DataError(f"subset sizes {', '.join(map(str, sizes))} mix counts and fractions; "
+                        "give all as counts (10M, 400) or all as fractions (0.1, 1)")
+    if "fraction" in kinds or not kinds:  # only "all" is the fraction 1
+        return True, [value for _, value in parsed]
+    counts = []
+    for (kind, value), text in zip(parsed, texts):
+        if text == "ALL":
+            if total is None:
+                raise DataError("subset size 'all' among counts needs the collection size")
+            value = total
+        counts.append(int(value))
     return False, counts
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from datascale.cli import add_config_args, config_from_args, subcommand
+from datascale.cli import add_config_args, config_from_args, locks_output, subcommand
 from datascale.errors import ConfigError
 from data_tools.synth.config import WorldConfig
 
@@ -20,6 +20,7 @@ def register_cli(subparsers) -> None:
                     "Example: datascale synth --config world/tiny --out worlds/tiny")
     add_config_args(parser, DEFAULT_CONFIG, WorldConfig)
     parser.add_argument("--out", required=True, help="output folder for the world (WORLD/ in docs/formats.md)")
+    locks_output(parser)
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes (default: the CPUs available); output is identical for any count")
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from datascale.cli import add_config_args, add_shortcut, config_from_args, override_value, subcommand
+from datascale.cli import add_config_args, add_shortcut, config_from_args, override_value, locks_output, subcommand
 from datascale.errors import ConfigError
 from scaling.tasks import TASKS, check_task
 from scaling.tasks.config import FinetuneConfig
@@ -71,4 +71,5 @@ def register_cli(subparsers: Any) -> None:
     add_shortcut(parser, "--steps", key="train.steps", type=int, help="optimizer steps")
     add_shortcut(parser, "--seed", key="seed", type=int, help="random seed")
     parser.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
+    locks_output(parser)
     add_config_args(parser, None, FinetuneConfig)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from datascale.cli import add_config_args, config_from_args, subcommand
+from datascale.cli import add_config_args, config_from_args, locks_output, subcommand
 from datascale.launch import deepspeed_command, launched_by_deepspeed, run_launcher, strip_launch_args
 from scaling.pretrain.config import PretrainConfig, grad_accumulation
 
@@ -28,6 +28,7 @@ def register_cli(subparsers) -> None:
                         description=DESCRIPTION)
     add_config_args(parser, "pretrain/demo", PretrainConfig)
     parser.add_argument("--out", required=True, help="run folder (resumed if it exists with the same config)")
+    locks_output(parser)
     parser.add_argument("--nproc", type=int, default=1,
                         help="ranks on this machine, started through the DeepSpeed launcher")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

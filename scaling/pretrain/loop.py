@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn import functional as F
@@ -43,6 +42,7 @@ from scaling.models.files import load_backbone, save_backbone
 from scaling.pretrain import checkpoint as ckpt
 from scaling.pretrain.config import (PretrainConfig, budget_label, deepspeed_json, resolve_precision,
                                      resolve_schedule)
+from scaling.pretrain.budget import evaluations, training_budget
 from scaling.pretrain.map_metric import TopKAccumulator
 
 log = logging.getLogger(__name__)
@@ -70,11 +70,22 @@ def resolve_data(cfg: PretrainConfig):
     evalset = load_subset(cfg.data.eval)
     if evalset.images == 0:
         raise DataError(f"the eval set {cfg.data.eval} is empty")
+    for subset, what in ((train, "train subset"), (evalset, "eval set")):
+        _check_shard_files(subset, what)
     if evalset.source_vocabulary().names != train.source_vocabulary().names:
         raise DataError(f"the eval set {cfg.data.eval} uses other classes than {cfg.data.train}; "
                         "shard both with the same classes.json")
     evalset = dataclasses.replace(evalset, classes=train.classes)
     return train, evalset, train.vocabulary()
+
+
+def _check_shard_files(subset, what: str) -> None:
+    """Every shard of ``subset`` is a non-empty file: found before training, not at the first eval."""
+    bad = [p for p in subset.shard_paths() if not p.is_file() or p.stat().st_size == 0]
+    if bad:
+        raise DataError(f"the {what} {subset.path} lacks {len(bad)} of its {len(subset.shards)} shards "
+                        f"({', '.join(str(p) for p in bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+                        "write the shards again (`datascale shards write`) or check the path")
 
 
 def _classes_file(subset) -> Path:
@@ -201,6 +212,7 @@ class RunContext:
     model: object = None             # built (and an init_from checkpoint checked) before any process group
     finished: dict | None = None     # metrics.json of a run that is already complete
     metrics: MetricsLog | None = None  # metrics.jsonl (+ TensorBoard / W&B), written by rank 0
+    notes: dict = field(default_factory=dict)  # step reached, checkpoints skipped on resume
 
     @property
     def input_dtype(self):
@@ -257,6 +269,7 @@ def start_run(cfg: PretrainConfig, out: Path, force: bool) -> RunContext:
             run.finished = json.loads((out / "metrics.json").read_text())
             return run
         write_json(out / "deepspeed.json", run.ds_config)
+        (out / "failed.json").unlink(missing_ok=True)  # this attempt's outcome replaces the last one's
     import deepspeed  # after the checks: a finished run costs no DeepSpeed start-up
 
     ensure_process_group_env()
@@ -276,18 +289,33 @@ def train(cfg: PretrainConfig, out: Path, progress: bool = True, force: bool = F
     run = start_run(cfg, out, force)
     if run.finished is not None:
         return run.finished
-    cfg = run.cfg  # a "same epochs" budget is resolved to this subset's steps
+    try:
+        return _train(run, progress)
+    except TrainingDiverged:
+        raise  # wrote failed.json itself
+    except BaseException as exc:
+        if run.rank == 0 and (out / "config.yaml").is_file():
+            write_json(out / "failed.json", {"error": f"{type(exc).__name__}: {exc}",
+                                             "step": run.notes.get("step", 0)})
+        raise
+
+
+def _train(run: RunContext, progress: bool) -> dict:
+    """The loop of :func:`train` on a started run."""
+    cfg, out = run.cfg, run.out  # a "same epochs" budget is resolved to this subset's steps
     optimizer, scheduler = build_optimizer(cfg, run.model)
     engine = build_engine(run.model, optimizer, scheduler, run.ds_config, run.world_size)
     ckpt_dir = out / "checkpoints"
-    position = ckpt.resume(engine, ckpt_dir, run.rank) or ckpt.DataPosition()
+    resumed = ckpt.resume(engine, ckpt_dir, run.rank, run.world_size)
+    position = resumed.position if resumed else ckpt.DataPosition()
+    run.notes["skipped_checkpoints"] = resumed.skipped if resumed else {}
     _truncate_logs(run, position.step)
     loader = make_train_loader(run.train_set, loader_config(cfg), num_classes=len(run.vocab),
                                epoch=position.epoch, samples_seen=position.samples_seen,
                                rank=run.rank, world_size=run.world_size)
     bar = tqdm(total=cfg.schedule.steps, initial=position.step, desc=f"pretrain {run.train_set.name}",
                disable=not progress or run.rank != 0, unit="step")
-    last_tag, result, window = ckpt.latest_tag(ckpt_dir), {}, _Window()
+    last_tag, result, window = (resumed.tag if resumed else None), {}, _Window()
     generator = torch.Generator()
     # Checkpoints are taken at optimizer-step boundaries, so a resumed run starts on one.
     accum, micro_steps = run.ds_config["gradient_accumulation_steps"], 0
@@ -313,6 +341,7 @@ def train(cfg: PretrainConfig, out: Path, progress: bool = True, force: bool = F
                 continue
             position.step += 1
             position.epoch, position.samples_seen = loader.epoch, loader.samples_seen
+            run.notes["step"] = position.step
             bar.update(1)
             step, last = position.step, position.step == cfg.schedule.steps
             if step % cfg.schedule.log_every == 0 or last:
@@ -322,7 +351,8 @@ def train(cfg: PretrainConfig, out: Path, progress: bool = True, force: bool = F
             if step % cfg.schedule.eval_every == 0 or last:
                 result = _evaluate_on_rank0(run, engine.module, step)
             if step % cfg.schedule.checkpoint_every == 0 or last:
-                last_tag = ckpt.save(engine, ckpt_dir, position, run.rank, cfg.schedule.keep_checkpoints)
+                last_tag = ckpt.save(engine, ckpt_dir, position, run.rank, cfg.schedule.keep_checkpoints,
+                                     run.world_size)
             if last:
                 break
         if loader.skipped:
@@ -389,7 +419,7 @@ def finish_run(run: RunContext, engine, tag: str | None, result: dict) -> dict:
             result = evaluate(engine.module, cfg, run.evalset, len(run.vocab), engine.device)
             run.log_metrics({"step": cfg.schedule.steps, **result})
         key = f"mAP@{cfg.monitor.top_k}"
-        budget = training_budget(cfg, run.train_set.images, _evaluations(out, key))
+        budget = training_budget(cfg, run.train_set.images, evaluations(out, key))
         lineage = {**run_lineage(cfg, run.train_set, run.vocab, run.world_size),
                    "pretrain_run": str(out.resolve()), **{f"pretrain_{k}": v for k, v in budget.items()}}
         save_backbone(model, out / "backbone.pt",
@@ -400,40 +430,9 @@ def finish_run(run: RunContext, engine, tag: str | None, result: dict) -> dict:
                  "eval_classes": result["eval_classes"], "eval_images": result["eval_images"],
                  "budget": budget}
         write_json(out / "metrics.json", final)
-        mark_complete(out, {"steps": cfg.schedule.steps, "primary_metric": key})
+        mark_complete(out, {"steps": cfg.schedule.steps, "primary_metric": key,
+                            "skipped_checkpoints": run.notes.get("skipped_checkpoints", {})})
         if run.metrics is not None:
             run.metrics.close()
     dist.barrier()
     return final
-
-
-# A run has converged when training 25% longer at its recent rate would add less than this
-# fraction of its final mAP@k (and less than CONVERGED_ABS in absolute terms).
-CONVERGED_REL, CONVERGED_ABS = 0.02, 0.002
-
-
-def _evaluations(out: Path, key: str) -> list[tuple[int, float]]:
-    """(step, mAP@k) of every evaluation in metrics.jsonl, in step order."""
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return sorted((int(r["step"]), float(r[key])) for r in rows if key in r)
-
-
-def training_budget(cfg: PretrainConfig, subset_images: int, evals: list[tuple[int, float]]) -> dict:
-    """What the schedule bought this subset: passes over it, and whether mAP@k had stopped rising.
-
-    The slope is a least-squares line through the evaluations of the last quarter
-    of training (at least the last two); ``map_gain`` is what 25% more steps at
-    that rate would add. ``converged`` is None with fewer than two evaluations.
-    """
-    steps = cfg.schedule.steps
-    passes = steps * cfg.schedule.global_batch / max(1, subset_images)
-    tail = [e for e in evals if e[0] >= 0.75 * steps]
-    tail = tail if len(tail) >= 2 else evals[-2:]
-    if len(tail) < 2:
-        return {"passes": round(passes, 3), "map_slope_per_1k_steps": None, "map_gain": None, "converged": None}
-    x, y = (np.asarray(v, dtype=float) for v in zip(*tail))
-    slope = float(np.polyfit(x, y, 1)[0])
-    gain = slope * 0.25 * steps
-    converged = bool(gain < max(CONVERGED_REL * y[-1], CONVERGED_ABS))
-    return {"passes": round(passes, 3), "map_slope_per_1k_steps": round(slope * 1000, 6),
-            "map_gain": round(gain, 6), "converged": converged}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from datascale import lock
 from datascale.cli import subcommand
 from datascale.config import load_config
 from scaling.study.config import StudyConfig
@@ -34,11 +35,13 @@ def _main(args: argparse.Namespace) -> int:
         return 0
     print_plan(plan, cfg)
     started = time.time()
-    try:
-        run_plan(plan, progress=not args.no_progress)
-    finally:
-        if any(s.status != "pending" for s in plan.steps):
-            print_summary(plan)
-    write_study_section(plan, cfg)
+    # One study per folder at a time; each stage also locks its own output folder.
+    with lock.hold(plan.root, lock.command_line()):
+        try:
+            run_plan(plan, progress=not args.no_progress)
+        finally:
+            if any(s.status != "pending" for s in plan.steps):
+                print_summary(plan)
+        write_study_section(plan, cfg)
     print(f"study {cfg.name} finished in {(time.time() - started) / 60:.1f} min")
     return 0

@@ -21,12 +21,12 @@ import dataclasses
 import json
 import logging
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from datascale import procs
 from datascale.config import load_config
 from datascale.errors import DatascaleError
 from data_tools.dedup.schema import DedupConfig
@@ -261,8 +261,8 @@ def _run_step(step: Step) -> int:
     """Run one command: DeepSpeed stages in their own process, the rest in this one."""
     from datascale import cli
 
-    if step.subprocess:
-        return subprocess.run([sys.executable, "-m", "datascale.cli", "-q", *step.argv]).returncode
+    if step.subprocess:  # dies with the study (datascale.procs): no orphan keeps writing
+        return procs.run([sys.executable, "-m", "datascale.cli", "-q", *step.argv])
     try:
         return cli.main(["-q", *step.argv])
     except (KeyboardInterrupt, SystemExit):
