@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from datascale.config import load_config
+from datascale.metrics_log import MetricsLog
 from scaling.finetune.loop import initial_backbone, prepare, train
 from scaling.models.backbones import build_backbone
 from scaling.models.files import save_backbone
@@ -39,7 +40,7 @@ def _train(world, tmp_path, variant: str, mode: str, *extra: str):
     backbone, meta = initial_backbone(cfg, task.dilation(cfg))
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     model, train_set, _ = prepare(task, cfg, backbone, meta)
-    train(task, model, train_set, cfg, tmp_path, {"step": 0})
+    train(task, model, train_set, cfg, MetricsLog(tmp_path / "metrics.jsonl"), {"step": 0})
     after = backbone.state_dict()
     return {k for k in before if not torch.equal(before[k], after[k])}
 
