@@ -101,3 +101,28 @@ def test_demo_capacity_axis_widths_order_the_parameter_counts():
               for arch in ("resnet_demo_narrow", "resnet_demo", "resnet_demo_wide")}
     assert counts["resnet_demo_narrow"] < counts["resnet_demo"] < counts["resnet_demo_wide"]
     assert build_backbone("resnet_demo_wide").feature_dim == 256
+
+
+def test_rescaling_a_grown_trunk_to_init_norm_keeps_its_function_exactly():
+    """Pretraining grows conv norms behind batch norm; rescaling restores the effective lr."""
+    from scaling.models.backbones import rescale_to_init_norm
+
+    torch.manual_seed(0)
+    fresh, grown = build_backbone("resnet_demo"), build_backbone("resnet_demo")
+    with torch.no_grad():  # a trunk whose convs grew 1.5-3x, with running statistics to match
+        for module in grown.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+        for index, conv in enumerate(m for m in grown.modules() if isinstance(m, torch.nn.Conv2d)):
+            conv.weight.mul_(1.5 + index % 4 * 0.5)
+    grown.eval()
+    x = torch.randn(3, 3, 64, 64)
+    before = grown(x)
+    assert rescale_to_init_norm(grown) == sum(isinstance(m, torch.nn.Conv2d) for m in grown.modules())
+    assert torch.allclose(grown(x), before, atol=1e-5, rtol=1e-4)
+    grown.train()  # batch statistics: scale invariant as well
+    for name, weight in grown.named_parameters():
+        if weight.dim() == 4:
+            expected = dict(fresh.named_parameters())[name].norm()
+            assert abs(weight.norm() - expected) / expected < 0.1, name

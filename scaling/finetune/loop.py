@@ -41,7 +41,7 @@ from datascale.atomic import write_json
 from datascale.errors import DatascaleError, DataError
 from datascale.lineage import config_record, mark_complete, prepare_output_dir, sha256_file
 from datascale.metrics_log import MetricsLog
-from scaling.models.backbones import build_backbone, fix_batchnorm_stats, freeze_stages
+from scaling.models.backbones import build_backbone, fix_batchnorm_stats, freeze_stages, rescale_to_init_norm
 from scaling.models.files import backbone_paths, load_backbone
 from scaling.tasks import get_task
 from scaling.tasks.common import TEST_SETS
@@ -107,7 +107,10 @@ def initial_backbone(cfg: FinetuneConfig, dilation: tuple[bool, bool, bool]):
     if cfg.init == "pretrained" and not meta_path.is_file():
         raise DataError(f"init=pretrained expects {meta_path} beside the weights (written by "
                         "save_backbone); for another checkpoint use --init checkpoint --arch ARCH")
-    return load_backbone(weights, cfg.arch, replace_stride_with_dilation=dilation)
+    backbone, meta = load_backbone(weights, cfg.arch, replace_stride_with_dilation=dilation)
+    if cfg.train.rescale_pretrained:
+        log.info("rescaled %d pretrained convs to the weight norm of a fresh init", rescale_to_init_norm(backbone))
+    return backbone, meta
 
 
 def run_lineage(cfg: FinetuneConfig, meta: dict) -> dict:

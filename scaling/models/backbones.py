@@ -309,3 +309,47 @@ class MultiLabelClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) for a normalised image batch (B, 3, H, W)."""
         return self.fc(self.backbone(x))
+
+
+# --------------------------------------------------------------------------- weight scale
+
+
+def _conv_bn_pairs(module: nn.Module):
+    """(conv, bn) pairs where a BatchNorm2d is the next sibling registered after a Conv2d of as
+    many channels (the stem, every residual block's convs and downsample paths)."""
+    children = list(module.children())
+    for first, second in zip(children, children[1:]):
+        if isinstance(first, nn.Conv2d) and isinstance(second, nn.BatchNorm2d) \
+                and first.out_channels == second.num_features:
+            yield first, second
+    for child in children:
+        yield from _conv_bn_pairs(child)
+
+
+@torch.no_grad()
+def rescale_to_init_norm(backbone: nn.Module) -> int:
+    """Scale every conv that feeds a batch norm back to the weight norm of a fresh He init,
+    keeping the function exactly (the BN's running mean, variance and eps follow).
+
+    Why: with batch norm a conv's output is invariant to its weight's scale, so pretraining
+    with weight decay too small to hold the norm lets it grow (1.5-2x here after 800
+    steps), and the effective learning rate of fine-tuning, lr / |w|^2, shrinks with it: the
+    pretrained trunk then learns slower than a random one at the same lr (docs/transfer.md).
+    Returns the number of convs rescaled.
+    """
+    count = 0
+    for conv, bn in _conv_bn_pairs(backbone):
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1] // conv.groups
+        target = math.sqrt(conv.weight.numel() * 2.0 / fan_out)  # E|w| under kaiming_normal(fan_out)
+        norm = float(conv.weight.norm())
+        if norm == 0:
+            continue
+        scale = target / norm
+        conv.weight.mul_(scale)
+        if conv.bias is not None:
+            conv.bias.mul_(scale)
+        bn.running_mean.mul_(scale)
+        bn.running_var.mul_(scale * scale)
+        bn.eps = bn.eps * scale * scale
+        count += 1
+    return count

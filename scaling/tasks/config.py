@@ -59,6 +59,9 @@ class TrainConfig:
     # "frozen" keeps them at the pretrained values (what detection codebases do
     # with 1-2 images per GPU). Frozen mode always fixes them before conv5.
     bn_stats: Literal["update", "frozen"] = "update"
+    # Scale a pretrained trunk's convs back to a fresh init's weight norm (function unchanged):
+    # batch norm makes the effective learning rate lr / |w|^2, and pretraining grew |w| (docs/transfer.md).
+    rescale_pretrained: bool = True
     hflip: bool = True  # random horizontal flips (detection, segmentation)
     log_every: int = 10
     eval_batch_size: int = 16
