@@ -348,8 +348,9 @@ def write_study_section(plan: Plan, cfg) -> Path:
             levels = next((v for k, v in values.items() if k.endswith("_all_levels")), float("nan"))
             budget = metrics.get("budget", {})
             passes = budget.get("passes", meta["steps"] * meta["global_batch"] / meta["subset_images"])
-            converged = {True: "yes", False: f"no (+{budget.get('map_gain', 0):.3f} to gain)"}.get(
-                budget.get("converged"), "not recorded")
+            state = budget.get("converged")
+            converged = ("yes" if state else f"no (+{budget.get('map_gain') or 0:.3f} to gain)") \
+                if state is not None else "not recorded"
             lines.append(f"| {meta['subset_name']} | {meta['subset_images']} | {passes:.0f} | {leaves:.4f} "
                          f"| {levels:.4f} | {converged} |")
     if cfg.world is not None:
