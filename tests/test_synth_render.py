@@ -6,7 +6,8 @@ import pytest
 
 from datascale.config import load_config
 from data_tools.synth.config import RenderConfig, WorldConfig
-from data_tools.synth.figures import BODY_PLANS, KEYPOINTS, figure_keypoints, figure_mask, random_pose
+from data_tools.synth.figures import (BODY_PLANS, KEYPOINTS, POSE_CLASSES, figure_keypoints, figure_mask,
+                                     random_pose)
 from data_tools.synth.render import SHAPES, TEXTURES, border, paint, shape_mask
 from data_tools.synth.scenes import STYLES, compose
 from data_tools.synth.vocab import (FIGURE_FAMILIES, SHAPE_FAMILIES, TEXTURES as TEXTURE_NAMES,
@@ -57,6 +58,29 @@ def test_figures_cover_their_keypoints(plan_name):
                 assert mask[int(y), int(x)]
         head, ankles = keypoints[0], keypoints[12:14]
         assert head[1] < ankles[:, 1].max(), "figures stand roughly upright"
+
+
+def _wrists_above_shoulders(keypoints):
+    """How many wrists are above (smaller y than) their shoulder: 0, 1 or 2."""
+    return int((keypoints[6:8, 1] < keypoints[2:4, 1]).sum())
+
+
+def test_a_figure_class_names_its_pose_and_the_pose_is_drawn():
+    # Figure variants are poses, so pretraining labels say where the limbs are.
+    plan = BODY_PLANS["strider"]
+    raised = {}
+    for pose in POSE_CLASSES:
+        counts = [_wrists_above_shoulders(figure_keypoints(plan, random_pose(stream_rng(0, "p", i), pose),
+                                                           (48.0, 48.0), 60.0, 0.0)) for i in range(40)]
+        raised[pose.name] = set(counts)
+    assert raised["arms-up"] == {2} and raised["one-arm-up"] == {1} and raised["arms-down"] == {0}
+    assert raised["hands-on-hips"] == {0}
+    config = load_config(WorldConfig, "world/demo")
+    classes = build_classes(config.classes, config.seed)
+    names = classes.vocabulary.names
+    figure_leaves = [names[int(classes.leaf_ids[p])] for p in classes.leaves_of(True)]
+    pose_names = {pose.name for pose in POSE_CLASSES}
+    assert figure_leaves and all(name.split(" ")[0] in pose_names for name in figure_leaves)
 
 
 def test_scenes_keep_every_object_visible_enough():

@@ -3,7 +3,9 @@
 A figure family ("strider", "stocky", ...) is a body plan: head size and limb
 lengths relative to the figure's height. Figures are drawn as thick limbs, a
 torso quad and a round head, filled with the class's colour and texture like
-any other object, so they are ordinary pretraining classes too. Keypoints
+any other object, so they are ordinary pretraining classes too, and a figure
+class's variant is its pose (``POSE_CLASSES``): the pretraining labels say
+where the limbs are, which is what lets pretraining help keypoints. Keypoints
 follow COCO's convention: "left" is the figure's left, which is the image's
 right for a figure facing the viewer.
 """
@@ -55,14 +57,49 @@ def _dir(angle: np.ndarray | float) -> np.ndarray:
     return np.array([np.sin(angle), np.cos(angle)])
 
 
-def random_pose(rng: np.random.Generator) -> dict[str, float]:
-    """Joint angles (radians) for one figure: lean, arms raised/bent, legs apart/bent."""
+@dataclass(frozen=True)
+class PoseClass:
+    """A figure variant that is a pose, as JFT has action classes: ranges of joint angles.
+
+    Angles are radians from straight down (``arm`` pi is straight up); the
+    ranges of different classes do not overlap on the angles that define them,
+    so the class names what a keypoint model must find. Every class is
+    mirror-symmetric (``one-arm-up`` raises either arm), so a horizontal flip
+    during pretraining never turns one class into another.
+    """
+
+    name: str
+    arm: tuple[float, float]
+    elbow: tuple[float, float] = (-0.5, 0.5)
+    leg: tuple[float, float] = (0.0, 0.45)
+    knee: tuple[float, float] = (-0.5, 0.5)
+    other_arm: tuple[float, float] | None = None  # one-arm classes: the range of the lowered arm
+
+
+# Indexed like ``vocab.VARIANTS``: a figure's variant is its pose.
+POSE_CLASSES = [
+    PoseClass("arms-down", arm=(0.1, 0.5)),
+    PoseClass("arms-up", arm=(2.4, 2.9)),
+    PoseClass("arms-out", arm=(1.3, 1.8), elbow=(-0.3, 0.3)),
+    PoseClass("one-arm-up", arm=(2.4, 2.9), other_arm=(0.1, 0.5)),
+    PoseClass("wide-stance", arm=(0.3, 1.2), leg=(0.6, 0.9)),
+    PoseClass("hands-on-hips", arm=(0.6, 0.9), elbow=(-2.2, -1.8)),
+]
+
+
+def random_pose(rng: np.random.Generator, pose: PoseClass | None = None) -> dict[str, float]:
+    """Joint angles (radians) for one figure of ``pose`` (any pose when None)."""
+    if pose is None:
+        pose = POSE_CLASSES[int(rng.integers(len(POSE_CLASSES)))]
+    arms = [rng.uniform(*pose.arm), rng.uniform(*(pose.other_arm or pose.arm))]
+    if pose.other_arm is not None and rng.random() < 0.5:  # which arm is up
+        arms.reverse()
     return {
-        "lean": rng.uniform(-0.25, 0.25),
-        "l_arm": rng.uniform(0.15, 2.6), "r_arm": rng.uniform(0.15, 2.6),
-        "l_elbow": rng.uniform(-1.6, 1.0), "r_elbow": rng.uniform(-1.6, 1.0),
-        "l_leg": rng.uniform(0.0, 0.6), "r_leg": rng.uniform(0.0, 0.6),
-        "l_knee": rng.uniform(-0.9, 0.9), "r_knee": rng.uniform(-0.9, 0.9),
+        "lean": rng.uniform(-0.2, 0.2),
+        "l_arm": arms[0], "r_arm": arms[1],
+        "l_elbow": rng.uniform(*pose.elbow), "r_elbow": rng.uniform(*pose.elbow),
+        "l_leg": rng.uniform(*pose.leg), "r_leg": rng.uniform(*pose.leg),
+        "l_knee": rng.uniform(*pose.knee), "r_knee": rng.uniform(*pose.knee),
     }
 
 

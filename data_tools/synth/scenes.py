@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from data_tools.synth.config import RenderConfig
-from data_tools.synth.figures import BODY_PLANS, figure_keypoints, figure_mask, random_pose
+from data_tools.synth.figures import BODY_PLANS, POSE_CLASSES, figure_keypoints, figure_mask, random_pose
 from data_tools.synth.render import background, band_colour, finish, paint, shape_mask, trim_colour
-from data_tools.synth.vocab import COLOURS, TEXTURES, VARIANTS, WorldClasses
+from data_tools.synth.vocab import COLOURS, TEXTURES, VARIANTS, WorldClasses, variant_look
 
 PLACEMENT_TRIES = 8
 MIN_OBJECT_PIXELS = 12
@@ -79,15 +79,16 @@ def _draw_candidate(classes: WorldClasses, leaf: int, size: int, style: SceneSty
                     rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     """A candidate mask for ``leaf`` at a random place, plus what paint() needs."""
     family = int(classes.family[leaf])
-    aspect = VARIANTS[int(classes.variant[leaf])][1]
+    variant = int(classes.variant[leaf])
+    aspect = VARIANTS[variant][1]
     if classes.family_is_figure[family]:
         plan = BODY_PLANS[classes.family_keys[family]]
         height = size * rng.uniform(*style.figure_height)
         angle = rng.uniform(-style.figure_angle, style.figure_angle)
         centre = _centre(rng, size, height / 2, style.margin)
-        keypoints = figure_keypoints(plan, random_pose(rng), centre, height, angle)
-        # For figures the variant's aspect sets the limb thickness (slim/broad build).
-        mask = figure_mask(plan, keypoints, height, aspect, (size, size))
+        # A figure's variant is its pose; every figure has the same build.
+        keypoints = figure_keypoints(plan, random_pose(rng, POSE_CLASSES[variant]), centre, height, angle)
+        mask = figure_mask(plan, keypoints, height, 1.0, (size, size))
         return mask, {"centre": centre, "radius": height / 3, "angle": angle, "keypoints": keypoints}
     radius = size * rng.uniform(*style.shape_radius)
     angle = rng.uniform(-style.max_angle, style.max_angle)
@@ -120,7 +121,8 @@ def compose(classes: WorldClasses, leaves: list[int], size: int, style: SceneSty
             if np.any(after[1:object_id] < render.min_visible * area[1:object_id]):
                 continue
             base = band_colour(rng, COLOURS[int(classes.colour[leaf])][1])
-            trim = trim_colour(rng, VARIANTS[int(classes.variant[leaf])][2])
+            group = classes.family_groups[int(classes.family[leaf])]
+            trim = trim_colour(rng, variant_look(group, int(classes.variant[leaf]))[2])
             texture = TEXTURES[int(classes.texture[leaf])][0]
             paint(canvas, mask, texture, base, trim, geometry["centre"], geometry["radius"], geometry["angle"])
             idmap[mask] = object_id

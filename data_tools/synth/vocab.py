@@ -2,7 +2,7 @@
 
 A leaf class is a combination of four visual attributes, from coarse to fine:
 family (the shape or figure body plan), colour band, texture and variant (aspect
-and trim colour). Internal classes fix a prefix of those attributes, so siblings
+and trim colour for a shape, pose for a figure). Internal classes fix a prefix of those attributes, so siblings
 share everything but the last one and look alike, which is what makes label
 confusions between siblings plausible and fine-grained recognition learnable::
 
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from data_tools.labels import Vocabulary
+from data_tools.synth.figures import POSE_CLASSES
 from data_tools.synth.config import ClassesConfig
 
 GROUPS = {"angular": "angular shape", "round": "round shape",
@@ -121,8 +122,19 @@ def _families(cfg: ClassesConfig) -> list[tuple[str, str, str, bool]]:
     return shapes + figures
 
 
+def variant_look(group: str, v: int) -> tuple[str, float, str]:
+    """(name, aspect, trim) of variant ``v``: a shape's build and trim, a figure's pose.
+
+    Figure variants differ only in pose (same build and trim), so a figure's
+    leaf class can be told only from where its limbs are.
+    """
+    if group == "figure":
+        return POSE_CLASSES[v].name, 1.0, "light"
+    return VARIANTS[v]
+
+
 def _level_name(level: str, fam_name: str, group: str, c: int, t: int, v: int) -> str:
-    colour, texture, variant = COLOURS[c][0], TEXTURES[t][1], VARIANTS[v][0]
+    colour, texture, variant = COLOURS[c][0], TEXTURES[t][1], variant_look(group, v)[0]
     return {"group": GROUPS[group], "family": fam_name,
             "colour": f"{colour} {fam_name}", "texture": f"{texture} {colour} {fam_name}",
             "leaf": f"{variant} {texture} {colour} {fam_name}"}[level]
@@ -131,12 +143,12 @@ def _level_name(level: str, fam_name: str, group: str, c: int, t: int, v: int) -
 def _level_attrs(level: str, fam_key: str, group: str, c: int, t: int, v: int) -> dict:
     attrs = {"level": level, "group": group}
     steps = [("family", fam_key), ("colour", COLOURS[c][0]),
-             ("texture", TEXTURES[t][0]), ("variant", VARIANTS[v][0])]
+             ("texture", TEXTURES[t][0]), ("variant", variant_look(group, v)[0])]
     for depth, (key, value) in enumerate(steps, start=1):
         if LEVELS.index(level) >= depth:
             attrs[key] = value
     if level == "leaf":
-        attrs["aspect"], attrs["trim"] = VARIANTS[v][1], VARIANTS[v][2]
+        attrs["aspect"], attrs["trim"] = variant_look(group, v)[1:]
     return attrs
 
 
