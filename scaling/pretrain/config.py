@@ -46,8 +46,12 @@ class OptimSection:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     eps: float = 1.0              # RMSProp epsilon (1.0 as in Inception/TF-slim training)
-    lr_decay: float = 0.9         # multiply the lr by this ...
-    lr_decay_every: int = 3_000_000  # ... every this many steps (the paper: 0.9 every 3M)
+    # "step": multiply the lr by lr_decay every lr_decay_every steps (the paper: 0.9 every 3M);
+    # "cosine": anneal from lr to 0 over schedule.steps (lr_decay* unused), which ends a short
+    # run at a small lr so that its final mAP is a plateau, not a snapshot of a falling loss.
+    lr_schedule: Literal["step", "cosine"] = "step"
+    lr_decay: float = 0.9
+    lr_decay_every: int = 3_000_000
     warmup_steps: int = 0
 
     def validate(self) -> None:

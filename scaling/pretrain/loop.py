@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -120,7 +121,7 @@ def build_model(cfg: PretrainConfig, num_classes: int, device, channels_last: bo
 
 
 def build_optimizer(cfg: PretrainConfig, model):
-    """The optimizer and its schedule: linear warm-up, then step decay every ``lr_decay_every``."""
+    """The optimizer and its schedule: linear warm-up, then step decay or a cosine to zero."""
     o = cfg.optim
     factories = {
         "rmsprop": lambda p: torch.optim.RMSprop(p, lr=o.lr, momentum=o.momentum, eps=o.eps,
@@ -129,9 +130,12 @@ def build_optimizer(cfg: PretrainConfig, model):
         "adamw": lambda p: torch.optim.AdamW(p, lr=o.lr, weight_decay=o.weight_decay),
     }
     optimizer = factories[o.name](model.parameters())
+    total = max(1, cfg.schedule.steps)
 
     def factor(step: int) -> float:
         warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps else 1.0
+        if o.lr_schedule == "cosine":
+            return warm * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
         return warm * o.lr_decay ** (step // o.lr_decay_every)
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
