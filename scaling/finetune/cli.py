@@ -59,7 +59,8 @@ def register_cli(subparsers: Any) -> None:
     add_shortcut(parser, "--task", key="task", choices=tuple(TASKS),
                  help="downstream task; its built-in config finetune/TASK is the default --config")
     add_shortcut(parser, "--mode", key="mode", choices=("frozen", "finetune"),
-                 help="frozen: conv1..conv4 fixed (the paper); finetune: everything trains")
+                 help="frozen: conv1..conv4 fixed (the paper); finetune: everything trains; "
+                      "batch norm follows train.bn_stats in both")
     add_shortcut(parser, "--backbone", key="backbone", metavar="PATH",
                  help="backbone.pt or its folder from pretraining, or another checkpoint")
     add_shortcut(parser, "--init", key="init", choices=("random", "pretrained", "checkpoint"),

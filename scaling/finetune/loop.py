@@ -10,12 +10,14 @@ and check the task's data, build the task model (``scaling.tasks``), train
 evaluate on the original test set and, when ``data.cleaned_test`` names the
 de-duplicated one, on that too, then write metrics.json and complete.json.
 
-Batch norm in fine-tune mode (``train.bn_stats``): the demo configs update the
-statistics with the rest of the network (8+ images per step give usable
-statistics, and a random-init baseline needs them); the paper-sized detection
-and segmentation configs keep them at their pretrained values, as detection
-and DeepLab codebases do with a few images per GPU. Frozen mode always fixes
-them before conv5.
+Batch norm (``train.bn_stats``) follows one rule in both modes, so frozen and
+fine-tune differ only in which weights train: with ``update`` (the demo
+configs: 8+ images per step give usable statistics) the batch norms of the
+layers that train update their statistics and the frozen ones' stay fixed;
+with ``frozen`` (the paper-sized detection and segmentation configs, as
+detection and DeepLab codebases do with a few images per GPU) every batch
+norm keeps its statistics. A random backbone's statistics are first estimated
+on ``train.random_bn_batches`` training batches (``estimate_batchnorm_stats``).
 
 A run folder is resumable in the lineage sense only: a complete run with the
 same config and inputs is skipped; an interrupted one is restarted from step
@@ -186,6 +188,36 @@ def train(task, model, train_set, cfg: FinetuneConfig, metrics: MetricsLog, prog
             bar.set_postfix(loss=f"{record['loss']:.4f}")
 
 
+def estimate_batchnorm_stats(task, backbone, cfg: FinetuneConfig, train_set, meta: dict) -> int:
+    """Set every batch norm's statistics of ``backbone`` to their average over training batches.
+
+    Runs ``train.random_bn_batches`` forward passes of a throw-away task model in
+    training mode (no gradients, momentum None: a cumulative average, as
+    "precise BN" does), so each layer sees inputs normalised by the layers below.
+    Weights do not change. Returns the number of images seen.
+    """
+    model = task.build_model(backbone, cfg, train_set, meta)
+    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True,
+                                         collate_fn=task.collate,
+                                         generator=torch.Generator().manual_seed(cfg.seed))
+    seen = 0
+    model.train()
+    with torch.no_grad():
+        for _, batch in zip(range(cfg.train.random_bn_batches), _batches(loader)):
+            task.loss(model, batch)
+            seen += len(batch[0]) if isinstance(batch, (tuple, list)) else cfg.train.batch_size
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    log.info("random init: batch-norm statistics of %d layers estimated on %d training samples",
+             len(norms), seen)
+    return seen
+
+
 def prepare(task, cfg: FinetuneConfig, backbone, meta: dict) -> tuple[Any, Any, dict]:
     """Seed, freeze (by mode), read and check the data, build the task model.
 
@@ -195,15 +227,18 @@ def prepare(task, cfg: FinetuneConfig, backbone, meta: dict) -> tuple[Any, Any, 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    # Freeze before the task model wraps the backbone's layers (see fix_batchnorm_stats).
-    if cfg.mode == "frozen":
-        frozen = freeze_stages(backbone)
-        log.info("frozen mode: %d parameters of conv1..conv4 fixed, batch-norm statistics fixed", frozen)
-    elif cfg.train.bn_stats == "frozen":
-        fix_batchnorm_stats(backbone)
     train_set = task.load_train(cfg)
     if len(train_set) == 0:
         raise DataError(f"the {task.name} training set has no usable samples")
+    if cfg.init == "random" and cfg.train.random_bn_batches:
+        estimate_batchnorm_stats(task, backbone, cfg, train_set, meta)
+        torch.manual_seed(cfg.seed)  # the task model's heads start as without the estimate
+    # Freeze before the task model wraps the backbone's layers (see fix_batchnorm_stats).
+    if cfg.mode == "frozen":
+        frozen = freeze_stages(backbone)
+        log.info("frozen mode: %d parameters of conv1..conv4 fixed, with their batch-norm statistics", frozen)
+    if cfg.train.bn_stats == "frozen":
+        log.info("bn_stats=frozen: %d batch norms keep their statistics", fix_batchnorm_stats(backbone))
     tests = {name: task.load_test(cfg, name) for name in TEST_SETS}
     tests = {name: data for name, data in tests.items() if data is not None}
     for data in tests.values():

@@ -55,10 +55,17 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 10  # linear warm-up, then cosine decay to zero
     clip_grad_norm: float = 10.0  # 0 = off
-    # Fine-tune mode only: "update" trains batch-norm statistics with the rest;
-    # "frozen" keeps them at the pretrained values (what detection codebases do
-    # with 1-2 images per GPU). Frozen mode always fixes them before conv5.
+    # The same rule in both modes, which differ only in which weights train:
+    # "update": the batch norms of the layers that train update their statistics
+    # (fine-tune: all; frozen: conv5's), the frozen layers' stay fixed;
+    # "frozen": every batch norm keeps its statistics (what detection codebases do
+    # with 1-2 images per GPU).
     bn_stats: Literal["update", "frozen"] = "update"
+    # A random backbone's batch norms start at mean 0, variance 1, so activations grow
+    # layer by layer (std ~4e3 at conv4 of a ResNet-101): its statistics are first
+    # estimated on this many training batches (forward passes only, before anything is
+    # frozen), so the random-init baseline is not handicapped by never-seen statistics.
+    random_bn_batches: int = 10
     # Scale a pretrained trunk's convs back to a fresh init's weight norm (function unchanged):
     # batch norm makes the effective learning rate lr / |w|^2, and pretraining grew |w| (docs/transfer.md).
     rescale_pretrained: bool = True
@@ -78,6 +85,7 @@ class TrainConfig:
         require(self.clip_grad_norm >= 0, "clip_grad_norm", "must be 0 (off) or positive")
         require(self.log_every >= 1, "log_every", "must be at least 1")
         require(self.threads >= 0, "threads", "must be 0 (all cores) or positive")
+        require(self.random_bn_batches >= 0, "random_bn_batches", "must be 0 (off) or positive")
 
 
 @dataclass
