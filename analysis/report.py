@@ -88,7 +88,7 @@ def pretraining_budget(results: pd.DataFrame) -> pd.DataFrame:
         info["pretrain_converged"].map(lambda v: "not recorded" if pd.isna(v) else ("yes" if v else "no")))
     table["mAP@100 still to gain"] = table["run_dir"].map(info["pretrain_map_gain"]).round(4)
     table["run"] = table["run_dir"].map(lambda p: Path(str(p)).name)
-    metrics = [c for c in table.columns if str(c).startswith("mAP@")]
+    metrics = [c for c in table.columns if str(c).startswith("mAP@") and c != "mAP@100 still to gain"]
     return table[["run", "subset_images", "passes", *metrics, "converged", "mAP@100 still to gain"]] \
         .sort_values("subset_images")
 

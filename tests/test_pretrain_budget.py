@@ -51,3 +51,15 @@ def test_the_fit_flags_a_curve_whose_largest_size_had_not_converged():
     assert (finished["largest_converged"] == True).all()  # noqa: E712
     assert not finished["note"].fillna("").str.contains("not converged").any()
     assert isinstance(_rows(True)["pretrain_converged"].dtype, pd.BooleanDtype)
+
+
+def test_the_report_budget_table_has_each_column_once():
+    from analysis.report import pretraining_budget
+    rows = [{"task": "pretrain", "metric": metric, "test_set": "eval", "stage": "pretrain",
+             "subset_images": images, "value": value, "run_dir": f"pre/{images}",
+             "pretrain_passes": 8.0, "pretrain_map_gain": 0.01, "pretrain_converged": images < 3000}
+            for images in (1000, 3000) for metric, value in (("mAP@100", 0.1), ("mAP@100_all_levels", 0.2))]
+    table = pretraining_budget(to_frame(rows))
+    assert list(table.columns) == ["run", "subset_images", "passes", "mAP@100", "mAP@100_all_levels",
+                                   "converged", "mAP@100 still to gain"]
+    assert list(table["converged"]) == ["yes", "no"]
