@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup study test test-fast bench readme clean
+.PHONY: setup study findings test test-fast bench readme clean
 
 setup: $(STAMP)
 
@@ -23,9 +23,16 @@ $(STAMP): $(VENV)/bin/python pyproject.toml constraints.txt
 study: $(STAMP)
 	$(VENV)/bin/datascale study configs/studies/demo.yaml
 
-# The README's demo section, copied from the demo study's report (run `make study` first).
+# The findings study: every task fine-tuned long enough to leave its floor (~25 min on 2 cores).
+findings: $(STAMP)
+	$(VENV)/bin/datascale study configs/studies/findings.yaml
+
+# The README's result sections, copied from the studies' reports (run `make study` first;
+# the findings block is refreshed when study-findings/ has a report).
 readme: $(STAMP)
 	$(PY) -m analysis.readme study/results/report.md README.md
+	if [ -f study-findings/results/report.md ]; then \
+	  $(PY) -m analysis.readme study-findings/results/report.md README.md findings; fi
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -37,4 +44,4 @@ bench: $(STAMP)
 	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info study
+	rm -rf $(VENV) build *.egg-info study study-findings

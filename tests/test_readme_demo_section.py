@@ -42,3 +42,18 @@ def test_missing_markers_or_report_are_clear_errors(tmp_path):
         update_readme(report, readme)
     with pytest.raises(DataError, match="run `make study` first"):
         update_readme(tmp_path / "none.md", readme)
+
+
+def test_a_named_block_is_filled_and_the_demo_block_left_alone(tmp_path):
+    from analysis.readme import markers
+    report = tmp_path / "report.md"
+    report.write_text("Generated 2026-12-02 10:00 UTC from 3 runs\n\n## Headline\n\n| findings row |\n\n"
+                      "## What this study does not show\n\n- y\n")
+    begin, end = markers("findings")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{BEGIN}\ndemo text\n{END}\n\n{begin}\nold\n{end}\n")
+    update_readme(report, readme, "findings")
+    text = readme.read_text()
+    assert "demo text" in text and "old" not in text.split(begin)[1]
+    assert "| findings row |" in text.split(begin)[1].split(end)[0]
+    assert "`datascale study studies/findings`" in text.split(begin)[1]

@@ -17,7 +17,7 @@ def register_cli(subparsers) -> None:
     parser = subcommand(subparsers, "study", _main, help="run the whole scaling study from one config",
                         description=plan_module.__doc__)
     parser.add_argument("config", nargs="?", default="studies/demo",
-                        help="study config: a path or a built-in name (studies/demo, studies/tiny, studies/jft300m)")
+                        help="study config: a path or a built-in name (studies/demo, studies/findings, studies/tiny, studies/jft300m)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one study config value, e.g. --set out=/tmp/study")
     parser.add_argument("--dry-run", action="store_true", help="print every command, run nothing")
