@@ -58,7 +58,7 @@ def test_frozen_mode_changes_nothing_before_conv5(world, tmp_path, variant):
 
 @pytest.mark.parametrize("variant", list(DATASETS))
 def test_finetune_mode_trains_weights_and_statistics_before_conv5(world, tmp_path, variant):
-    changed = _early(_train(world, tmp_path, variant, "finetune"))
+    changed = _early(_train(world, tmp_path, variant, "finetune", "train.bn_stats=update"))
     assert "conv1.weight" in changed and "layer3.0.conv1.weight" in changed
     assert "bn1.running_mean" in changed and "layer2.0.bn1.running_var" in changed
 
