@@ -22,7 +22,7 @@ from pathlib import Path
 from datascale.atomic import write_text
 from datascale.errors import DataError
 
-BEGIN, END = "<!-- demo-results:begin -->", "<!-- demo-results:end -->"
+SECTIONS = ("Headline", "What this study does not show", "Pretraining budget", "The study")
 # The command that made each block's study, named in its first line.
 MADE_BY = {"demo": "make study", "findings": "datascale study studies/findings"}
 
@@ -30,7 +30,9 @@ MADE_BY = {"demo": "make study", "findings": "datascale study studies/findings"}
 def markers(block: str) -> tuple[str, str]:
     """The begin and end markers of README block ``block``."""
     return f"<!-- {block}-results:begin -->", f"<!-- {block}-results:end -->"
-SECTIONS = ("Headline", "What this study does not show", "Pretraining budget", "The study")
+
+
+BEGIN, END = markers("demo")
 
 
 def sections(report: str) -> dict[str, str]:

@@ -41,6 +41,27 @@ log = logging.getLogger(__name__)
 # Rough seconds per unit on 2 CPU cores, for the plan's time estimate only.
 _ESTIMATE = {"synth": 10, "shards": 3, "subsets": 1, "pretrain": 65, "dedup": 4,
              "finetune": 9, "analysis": 11}
+# Fine-tuning: seconds per step by (task, mode) on 2 idle cores at demo scale (docs/benchmarks.md),
+# plus loading and evaluation; a run's steps come from its train.steps override (60 by default).
+_STEP_SECONDS = {("detection", "frozen"): 0.07, ("detection", "finetune"): 0.10,
+                 ("segmentation", "frozen"): 0.035, ("segmentation", "finetune"): 0.045,
+                 ("pose", "frozen"): 0.025, ("pose", "finetune"): 0.04}
+_RUN_OVERHEAD, _DEFAULT_STEPS = 1.0, 60
+
+
+def estimate_seconds(step: Step) -> float:
+    """Rough seconds ``step`` takes on 2 CPU cores at demo scale (the plan's estimate only)."""
+    if step.stage != "finetune":
+        return _ESTIMATE.get(step.stage, 10)
+    argv = step.argv
+    task = argv[argv.index("--task") + 1] if "--task" in argv else ""
+    mode = argv[argv.index("--mode") + 1] if "--mode" in argv else "finetune"
+    steps = _DEFAULT_STEPS
+    for arg in argv:  # later overrides win, as on the command line
+        if arg.startswith("train.steps="):
+            steps = int(arg.split("=", 1)[1])
+    rate = _STEP_SECONDS.get((task, mode))
+    return _ESTIMATE["finetune"] if rate is None else _RUN_OVERHEAD + rate * steps
 
 
 
@@ -311,7 +332,7 @@ def print_plan(plan: Plan, cfg, file=None) -> None:
         print(f"  {stage:9s} {n:3d} run(s)", file=file)
     todo = [s for s in plan.steps if not (s.out / s.marker).is_file()]
     if cfg.world is not None:
-        estimate = sum(_ESTIMATE.get(s.stage, 10) for s in todo)
+        estimate = sum(estimate_seconds(s) for s in todo)
         print(f"  estimated time for the {len(todo)} commands not done yet: ~{max(1, round(estimate / 60))} min "
               "(rough figures measured on 2 CPU cores at demo scale)", file=file)
     else:
