@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-from datascale import __version__, lock
+from datascale import __version__, console_log, lock
 from datascale.config import config_keys, dump_yaml, load_config, to_dict
 # ConfigPrinted lives in errors, not here: under `python -m datascale.cli` (the DeepSpeed launcher's
 # way in) this module runs as __main__, and a class defined here would be two different classes.
@@ -197,8 +197,14 @@ NOISY_LOGGERS = {"faiss.loader": logging.WARNING, "torch.utils.cpp_extension": l
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    root = logging.getLogger()
+    if not root.handlers:  # the first call in this process (the study runs stages in-process)
+        terminal = logging.StreamHandler()
+        terminal.setLevel(level)
+        terminal.setFormatter(logging.Formatter(console_log.LOG_FORMAT, datefmt="%H:%M:%S"))
+        root.addHandler(terminal)
+        # The run folder's console.log keeps INFO even when -q quiets the terminal.
+        root.setLevel(min(level, logging.INFO))
     for name, quiet_level in NOISY_LOGGERS.items():
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else max(level, quiet_level))
 
@@ -239,7 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         dry = getattr(args, "print_config", False) or getattr(args, "dry_run", False)
         # Nothing written, or a folder shared by design: no lock.
         with lock.hold(None if dry or (unless and unless(args)) else folder, lock.command_line()):
-            code = _run(args, folder)
+            with console_log.keep(None if dry else folder, " ".join(["datascale", *argv])[:2000]):
+                code = _run(args, folder)
     except ConfigPrinted:
         return 0
     except ConfigError as exc:

@@ -23,7 +23,7 @@ from datascale import __version__
 from datascale.atomic import write_json, write_text
 from datascale.config import dump_yaml, to_dict
 from datascale.errors import SKIP_LOG_FILE, DataError, OutputExistsError
-from datascale.lock import LOCK_FILE
+from datascale.lock import HOUSEKEEPING
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def content_hash(path: str | Path) -> str:
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         rel = file.relative_to(path).as_posix()
-        if rel.startswith(".") or "/." in rel:
+        if rel.startswith(".") or "/." in rel or Path(rel).name in HOUSEKEEPING:
             continue
         digest.update(rel.encode())
         digest.update(sha256_file(file).encode())
@@ -117,6 +117,36 @@ def same_lineage(record: dict | None, new: dict) -> bool:
     return record is not None and all(record.get(k) == new.get(k) for k in ("stage", "config", "inputs"))
 
 
+def _flatten(value: Any, prefix: str, out: dict) -> dict:
+    if isinstance(value, Mapping):  # an empty mapping adds no key
+        for key, item in value.items():
+            _flatten(item, f"{prefix}.{key}" if prefix else str(key), out)
+    else:
+        out[prefix] = value
+    return out
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = "(not set)" if value is _MISSING else repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+_MISSING = object()
+
+
+def lineage_differences(old: dict, new: dict, limit: int = 12) -> list[str]:
+    """The settings and inputs where two lineage records differ, one ``key: old -> new`` line
+    each (``config.train.steps: 60 -> 200``, ``inputs.data.sha256: ...``), at most ``limit``."""
+    flat_old = _flatten({k: old.get(k) for k in ("config", "inputs")}, "", {})
+    flat_new = _flatten({k: new.get(k) for k in ("config", "inputs")}, "", {})
+    keys = sorted(set(flat_old) | set(flat_new))
+    lines = [f"{key}: {_short(flat_old.get(key, _MISSING))} -> {_short(flat_new.get(key, _MISSING))}"
+             for key in keys if flat_old.get(key, _MISSING) != flat_new.get(key, _MISSING)]
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"... and {len(lines) - limit} more"]
+    return lines
+
+
 def is_up_to_date(out_dir: str | Path, record: dict, *, record_file: str = CONFIG_FILE,
                   marker: str = COMPLETE_FILE, outputs: tuple | list = ()) -> bool:
     """True when ``out_dir`` holds finished output of ``record``: the stage's record file has the
@@ -156,13 +186,15 @@ def prepare_output_dir(out_dir: str | Path, record: dict, force: bool = False
                 f"`datascale {record.get('stage')}`; choose another output folder "
                 "(--force only replaces output of the same stage)")
         if not force:
+            changed = "".join(f"\n  {line}" for line in lineage_differences(existing, record))
             raise OutputExistsError(
                 f"{out_dir} holds output made with a different config or inputs; "
-                "choose another output folder, or pass --force to replace it"
+                f"choose another output folder, or pass --force to replace it. What differs "
+                f"(folder's record -> this command):{changed}"
             )
         log.warning("--force: replacing %s", out_dir)
         _empty_folder(out_dir)
-    elif out_dir.is_dir() and any(p.name != LOCK_FILE for p in out_dir.iterdir()):
+    elif out_dir.is_dir() and any(p.name not in HOUSEKEEPING for p in out_dir.iterdir()):
         raise OutputExistsError(
             f"{out_dir} exists, is not empty and was not written by datascale; "
             "choose an empty or new output folder"
@@ -173,9 +205,10 @@ def prepare_output_dir(out_dir: str | Path, record: dict, force: bool = False
 
 
 def _empty_folder(out_dir: Path) -> None:
-    """Delete everything in ``out_dir`` but its lock file (which another process may be waiting on)."""
+    """Delete everything in ``out_dir`` but its lock file (which another process may be waiting on)
+    and its console log (the folder's history, being written by this very command)."""
     for child in out_dir.iterdir():
-        if child.name == LOCK_FILE:
+        if child.name in HOUSEKEEPING and child.is_file():
             continue
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)

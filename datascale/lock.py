@@ -29,10 +29,13 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from datascale.console_log import CONSOLE_LOG
 from datascale.errors import DataError
 
 LOCK_FILE = ".datascale.lock"
 ENV_HELD = "DATASCALE_LOCKED"   # folders locked by an ancestor process, os.pathsep-separated
+
+HOUSEKEEPING = (LOCK_FILE, CONSOLE_LOG)  # files of a folder that are not its content
 
 _held: dict[str, int] = {}      # folder -> how many nested holds in this process
 
@@ -128,10 +131,13 @@ def _acquire(path: Path, folder, what: str) -> int:
 
 
 def _remove_if_only_lock(path: Path) -> None:
-    """Remove a folder this process created if it holds nothing but the lock (lock still held)."""
+    """Remove a folder this process created if it holds nothing but the lock and the console
+    log (lock still held): a stage that stopped before writing anything leaves nothing behind."""
     try:
-        if [p.name for p in path.iterdir()] == [LOCK_FILE]:
-            (path / LOCK_FILE).unlink()
+        files = list(path.iterdir())
+        if all(f.is_file() and f.name in HOUSEKEEPING for f in files):
+            for f in sorted(files, key=lambda f: f.name == LOCK_FILE):  # the lock goes last
+                f.unlink()
             path.rmdir()
     except OSError:
         pass

@@ -9,8 +9,8 @@ from datascale.config import load_config
 from data_tools.synth.config import WorldConfig
 from data_tools.synth.world import generate_world
 
-# Lineage files carry creation times and the writer's pid; everything else must match.
-TIMESTAMPED = {"config.yaml", "complete.json"}
+# Lineage files and the console log carry times and the writer's pid; everything else must match.
+TIMESTAMPED = {"config.yaml", "complete.json", "console.log"}
 SMALL = ["pretrain.images=240", "eval.images=20", "detection.train=8", "detection.val=4", "detection.test=20",
          "segmentation.train=8", "segmentation.val=4", "segmentation.test=20", "pose.train=8", "pose.val=4",
          "pose.test=20", "duplicates.fraction=0.3"]

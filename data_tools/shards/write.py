@@ -37,6 +37,7 @@ from datascale.atomic import atomic_path, write_json
 from datascale.config import to_dict
 from datascale.errors import DataError
 from datascale.lineage import config_record, mark_complete, prepare_output_dir
+from datascale.lock import HOUSEKEEPING
 from data_tools.shards import buckets as buckets_mod
 from data_tools.labels import Vocabulary
 from data_tools.shards.config import ShardsConfig
@@ -226,7 +227,8 @@ def _lineage(fmt: str, source: Path, cfg: ShardsConfig) -> dict:
         # Hashing every image would read the whole collection twice; the
         # listing (paths and sizes) pins it well enough to detect a changed input.
         digest = hashlib.sha256()
-        files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+        files = [source] if source.is_file() else sorted(
+            p for p in source.rglob("*") if p.is_file() and p.name not in HOUSEKEEPING)
         for path in files:
             digest.update(f"{path.relative_to(source.parent)}\0{path.stat().st_size}\n".encode())
         config["input_listing_sha256"] = digest.hexdigest()
