@@ -78,3 +78,16 @@ def test_dry_run_prints_the_expanded_grid(capsys):
     assert cli.main(["study", "--dry-run", "--set", "axes.pretrain_seed=[0,1]"]) == 0
     commands = [shlex.split(line) for line in capsys.readouterr().out.splitlines() if line.startswith("datascale pretrain")]
     assert len(commands) == 8
+
+
+def test_the_capacity_and_classes_studies_plan_the_papers_ablations():
+    capacity = build_plan(load_config(StudyConfig, "studies/capacity", []))
+    runs = _pretrain_runs(capacity)
+    assert set(runs) == {f"{size}{arch}" for size in ("240", "720", "2400", "7200")
+                         for arch in ("", "-resnet_demo_narrow", "-resnet_demo_wide")}
+    assert all("model.arch=resnet_demo_wide" in argv for name, argv in runs.items() if "wide" in name)
+    random = {s.out.name for s in capacity.steps if s.stage == "finetune" and "random" in s.out.name}
+    assert {"random-seed0", "random-resnet_demo_wide-seed1"} <= random  # one baseline per width
+    classes = build_plan(load_config(StudyConfig, "studies/classes", []))
+    assert set(_pretrain_runs(classes)) == {"720", "2400", "4500", "720-top30", "2400-top30", "4500-top30"}
+    assert not any(s.stage == "dedup" for s in classes.steps + capacity.steps)
