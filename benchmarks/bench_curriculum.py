@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -38,8 +39,17 @@ from scipy import stats
 ARMS = ("none", "efficienttrain")
 
 
+THREADS = {"value": 0}  # torch threads per pretraining process (0: torch's default)
+CURRICULUM_SETS: list[str] = []  # extra --set of the efficienttrain arm (an ablation, e.g. curriculum.num_ops=0)
+
+
 def _cli(*argv: str) -> None:
-    subprocess.run([sys.executable, "-m", "datascale.cli", "-q", *argv], check=True)
+    env = dict(os.environ)
+    if THREADS["value"]:
+        # On a shared machine a 2-thread OpenMP pool waits on whichever thread another job preempted
+        # (measured: 20x slower steps at load 5); one thread per run degrades gracefully instead.
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(THREADS["value"])
+    subprocess.run([sys.executable, "-m", "datascale.cli", "-q", *argv], check=True, env=env)
 
 
 def build_world(root: Path, sizes: list[str]) -> None:
@@ -56,9 +66,12 @@ def build_world(root: Path, sizes: list[str]) -> None:
 
 def pretrain(root: Path, subset: str, arm: str, seed: int, steps: int | None) -> dict:
     """One run in its own process; returns its wall time, mAP@100 and images/s per stage."""
-    out = root / "runs" / f"{subset}-{arm}-seed{seed}"
+    tag = "".join(f"-{s.split('.')[-1].replace('=', '')}" for s in CURRICULUM_SETS) if arm != "none" else ""
+    out = root / "runs" / f"{subset}-{arm}{tag}-seed{seed}"
     sets = [f"data.train={root / 'subsets' / subset}", f"data.eval={root / 'shards' / 'eval'}",
             f"curriculum.name={arm}", f"seed={seed}", f"data.loader.seed={seed}"]
+    if arm != "none":
+        sets += CURRICULUM_SETS
     if steps:
         # A shorter budget keeps the demo schedule's shape: lr decay at 3/4, one eval and checkpoint at the end.
         sets += [f"schedule.steps={steps}", f"optim.lr_decay_every={max(1, round(steps * 0.75))}",
@@ -146,22 +159,34 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="0: the demo config's schedule.steps")
     parser.add_argument("--subset", default="7200")
     parser.add_argument("--slope-sizes", default="", help="smaller subsets for the scaling slope, e.g. 240,2400")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
+    parser.add_argument("--curriculum-set", action="append", default=[],
+                        help="KEY=VALUE for the efficienttrain arm only (an ablation; the report says so)")
+    parser.add_argument("--arms", default=",".join(ARMS), help="arms to run (the report needs both)")
     args = parser.parse_args()
+    THREADS["value"] = args.threads
+    CURRICULUM_SETS.extend(args.curriculum_set)
+    arms = tuple(a for a in ARMS if a in args.arms.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
     small = [s for s in args.slope_sizes.split(",") if s]
     build_world(args.workdir, sorted({"240", "720", "2400", args.subset, *small}, key=int))
     started, results = time.time(), []
     for i, seed in enumerate(seeds):
-        for arm in (ARMS if i % 2 == 0 else ARMS[::-1]):
+        for arm in (arms if i % 2 == 0 else arms[::-1]):
             results.append(pretrain(args.workdir, args.subset, arm, seed, args.steps or None))
             print(json.dumps(results[-1]), flush=True)
     for j, size in enumerate(small):
-        for arm in (ARMS if j % 2 == 0 else ARMS[::-1]):
+        for arm in (arms if j % 2 == 0 else arms[::-1]):
             results.append(pretrain(args.workdir, size, arm, seeds[0], args.steps or None))
             print(json.dumps(results[-1]), flush=True)
-    (args.workdir / "results.json").write_text(json.dumps(results, indent=1))
+    name = "results" + "".join(f"-{s.replace('=', '')}" for s in CURRICULUM_SETS) + ".json"
+    (args.workdir / name).write_text(json.dumps(results, indent=1))
+    if len(arms) < 2:
+        return
     print(f"\n{platform.node()}, {platform.processor() or platform.machine()}, python {platform.python_version()}; "
           f"total {time.time() - started:.0f} s\n")
+    if CURRICULUM_SETS:
+        print(f"ablation: the efficienttrain arm ran with {' '.join(CURRICULUM_SETS)}")
     print("\n".join(report(results, args.subset)))
     if small:
         print("\n" + "\n".join(slope_report(results)))
