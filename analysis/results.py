@@ -46,7 +46,7 @@ TEXT_COLUMNS = ("task", "metric", "test_set", "mode", "arch", "init", "subset_na
                 "run_dir", "pretrain_run", "stage")
 INT_COLUMNS = ("subset_images", "num_classes", "steps", "seed", "pretrain_seed")
 # The study's axes besides size and architecture (scaling.study): each value its own curve.
-AXIS_COLUMNS = ("budget", "classes", "init_from")
+AXIS_COLUMNS = ("budget", "classes", "init_from", "curriculum")
 # The pretraining budget of the backbone (passes over its subset, mAP@100 still to gain, converged).
 FLOAT_COLUMNS = ("pretrain_passes", "pretrain_map_gain")
 # is_primary: the metric the run's task names as its main one (complete.json "primary_metric").

@@ -68,6 +68,7 @@ def test_same_epochs_budget_resolves_per_subset_and_labels_the_run():
     ("axes.classes=['top:x']", "use all or top:K"),
     ("axes.arch=[resnet9]", "unknown architecture 'resnet9'"),
     ("axes.pretrain_seed=[1, 1]", "lists a value twice"),
+    ("axes.curriculum=[none, fasttrain]", "'fasttrain': use one of none, efficienttrain"),
 ])
 def test_bad_axis_values_are_config_errors(setting, message):
     with pytest.raises(ConfigError, match=message):
@@ -78,3 +79,14 @@ def test_dry_run_prints_the_expanded_grid(capsys):
     assert cli.main(["study", "--dry-run", "--set", "axes.pretrain_seed=[0,1]"]) == 0
     commands = [shlex.split(line) for line in capsys.readouterr().out.splitlines() if line.startswith("datascale pretrain")]
     assert len(commands) == 8
+
+
+def test_curriculum_axis_adds_a_suffix_only_to_its_non_default_value():
+    before = _pretrain_runs(_plan())
+    runs = _pretrain_runs(_plan("axes.curriculum=[none, efficienttrain]"))
+    assert set(before) <= set(runs) and len(runs) == 2 * len(before)
+    assert {"240", "7200", "240-efficienttrain", "7200-efficienttrain"} <= set(runs)
+    assert "curriculum.name=efficienttrain" in runs["720-efficienttrain"]
+    assert not any(a.startswith("curriculum.name=") for a in runs["720"])  # the config's own value
+    first = _pretrain_runs(_plan("axes.curriculum=[efficienttrain, none]"))
+    assert {"240", "240-none"} <= set(first) and "curriculum.name=efficienttrain" in first["240"]

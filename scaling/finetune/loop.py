@@ -132,7 +132,8 @@ def run_lineage(cfg: FinetuneConfig, meta: dict) -> dict:
         "pretrain_steps": source.get("steps"),
         # What the schedule bought the backbone (scaling.pretrain.loop.training_budget).
         **{key: source.get(key) for key in ("pretrain_passes", "pretrain_map_gain", "pretrain_converged",
-                                            "budget", "classes", "pretrain_seed", "init_from")},
+                                            "budget", "classes", "pretrain_seed", "init_from",
+                                            "curriculum")},
         "backbone": str(weights.resolve()) if weights else None,
         "backbone_sha256": sha256_file(weights) if weights else None,
     }

@@ -136,8 +136,8 @@ def build_plan(cfg) -> Plan:
         shards, evalset = Path(cfg.data.shards), Path(cfg.data.eval)
     names = [_subset_name(s) for s in cfg.subsets.sizes]
     base = _pretrain_base(cfg)
-    points = expand(cfg.axes, names, base.model.arch, base.seed)
-    default = axis_defaults(cfg.axes, names, base.model.arch, base.seed)
+    points = expand(cfg.axes, names, base.model.arch, base.seed, base.curriculum.name)
+    default = axis_defaults(cfg.axes, names, base.model.arch, base.seed, base.curriculum.name)
     for classes in cfg.axes.classes:  # nested subsets, and class-restricted ones at equal image counts
         folder = dataclasses.replace(default, classes=classes).subsets_folder(root)
         restrict = [] if classes == "all" else ["--top-classes", classes.split(":")[1]]
