@@ -133,9 +133,9 @@ class LabelSource:
 
     def hint(self, members: dict[str, bytes], meta: dict | None, where: str) -> str:
         """The error for a sample that has no label under any source: the options and what it has."""
-        found = ", ".join(f".{m}" for m in sorted(members)) or "none besides the image"
-        fields = f"; its KEY.json fields: {', '.join(sorted(meta))}" if meta else ""
-        return (f"{where}: no label source: this sample's members are {found}{fields}. "
+        found = ", ".join(f".{m}" for m in sorted(members)) or "no other member"
+        fields = f" (KEY.json fields: {', '.join(sorted(meta))})" if meta else ""
+        return (f"{where}: no label source: besides the image this sample has {found}{fields}. "
                 "Give labels one of three ways: --set labels_column=FIELD (a KEY.json field "
                 "with class ids or names), KEY.cls members (integer class ids), or --set "
                 "labels_manifest=PATH (a .parquet/.csv with key and labels columns, joined by "
