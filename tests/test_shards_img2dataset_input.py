@@ -263,3 +263,19 @@ def test_img2dataset_files_folder_gives_the_same_keys_as_its_tar(tmp_path, capsy
     assert got[samples[5]["key"]].meta["caption"] == samples[5]["caption"]
     summary = json.loads((out_files / "complete.json").read_text())
     assert summary["skipped"] == {}  # 00000.parquet and 00000_stats.json are not samples
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["labels_from=manifest"], "needs --set labels_manifest=PATH"),
+    (["labels_from=cls", "labels_manifest=labels.csv"], "drop one of the two"),
+    (["labels_manifest=nowhere.csv"], "labels_manifest not found"),
+    (["format=folder", "labels_from=json"], "apply to tar ('wds') and img2dataset 'files'"),
+])
+def test_label_source_keys_that_cannot_apply_are_refused_before_any_output(
+        tmp_path, capsys, monkeypatch, samples, sets, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "labels.csv").write_text("key,labels\n000000000,cat\n")
+    source = write_tar_input(tmp_path / "i2d" / "00000.tar", samples).parent
+    code, streams = _write(capsys, source, tmp_path / "out", *sets)
+    assert code in (1, 2) and message in streams.err
+    assert not (tmp_path / "out").exists()
