@@ -83,6 +83,7 @@ def finalize_shards(out: Path, total: int, vocab: Vocabulary, state: dict, salt:
     parts = out / WORK_DIR / "parts"
     sizes: dict[str, int] = {}
     skipped = collections.Counter(state["skipped"])
+    kept: collections.Counter = collections.Counter()  # samples that kept a caption, url, sha256
     reencoded = total_bytes = 0
     tally = LabelTally(len(vocab), vocab)
     with atomic_path(out / "manifest.parquet") as tmp:
@@ -101,13 +102,15 @@ def finalize_shards(out: Path, total: int, vocab: Vocabulary, state: dict, salt:
                 tally.add(table)
                 sizes[name] = stats["samples"]
                 skipped.update(stats["skipped"])
+                kept.update(stats.get("kept", {}))
                 reencoded += stats["reencoded"]
                 total_bytes += stats["bytes"]
     write_json(out / "sizes.json", sizes)
     vocab.save(out / "classes.json")
     stats = tally.summary()
     summary = {"images": stats["images"], "shards": total, "salt": salt, "bytes": total_bytes,
-               "reencoded": reencoded, "skipped": dict(sorted(skipped.items())), "stats": stats}
+               "reencoded": reencoded, "kept": dict(sorted(kept.items())),
+               "skipped": dict(sorted(skipped.items())), "stats": stats}
     write_text(out / "card.md", card_markdown(summary, len(vocab)))
     return summary
 
@@ -128,6 +131,9 @@ def card_markdown(summary: dict, num_classes: int) -> str:
         f"- re-encoded to JPEG (formats WebDataset readers do not take as is): "
         f"{summary['reencoded']:,}",
     ]
+    if summary.get("kept"):
+        lines.append("- kept from the input (KEY.json fields; the caption also as KEY.txt): "
+                     + ", ".join(f"{name} {count:,}" for name, count in summary["kept"].items()))
     if "noise" in stats:
         noise = stats["noise"]
         lines.append(f"- measured label noise (given labels that are wrong): "

@@ -1,9 +1,9 @@
 """Images -> WebDataset shards in hash-rank order (``datascale shards write``).
 
 Any input (image folders, a CSV/Parquet/JSONL manifest, existing WebDataset or
-img2dataset shards, a synthetic world) becomes::
+img2dataset tars, an img2dataset ``files`` folder, a synthetic world) becomes::
 
-    SHARDS/shard-000000.tar ...  KEY.jpg (original bytes where possible) + KEY.json
+    SHARDS/shard-000000.tar ...  KEY.jpg (original bytes where possible) + KEY.json [+ KEY.txt]
     SHARDS/manifest.parquet      key, shard, labels, rank, bytes, sha1, ext [, true_labels]
     SHARDS/sizes.json, classes.json, card.md, config.yaml, complete.json
 
@@ -35,18 +35,20 @@ from tqdm import tqdm
 
 from datascale.atomic import atomic_path, write_json
 from datascale.config import to_dict
-from datascale.errors import DataError
-from datascale.lineage import config_record, mark_complete, prepare_output_dir
+from datascale.errors import DatascaleError, DataError
+from datascale.lineage import abandon_output_dir, config_record, mark_complete, prepare_output_dir
 from datascale.lock import HOUSEKEEPING
 from data_tools.shards import buckets as buckets_mod
 from data_tools.labels import Vocabulary
 from data_tools.shards.config import ShardsConfig
 from data_tools.shards.manifest import WORK_DIR, load_manifest, manifest_schema, shard_name
 from data_tools.ranks import sample_rank, sample_ranks
-from data_tools.shards.buckets import KEY, LABELS, RANK, REF, SOURCE, TRUE
+from data_tools.shards.buckets import KEPT, KEY, LABELS, RANK, REF, SOURCE, TRUE
 from datascale.formats.wds import (ImageCheckError, ShardSample, check_image, iter_shard_samples,
                                  write_tar)
-from data_tools.shards.sources import READERS, count_skip, detect_format, folder_class_names, read_ref
+from data_tools.shards.label_source import CAPTION_FIELD, SAMPLE_FORMATS, check_label_config
+from data_tools.shards.readers import READERS, detect_format
+from data_tools.shards.sources import count_skip, folder_class_names, read_ref
 
 __all__ = ["ShardsConfig", "ShardSample", "iter_shard_samples", "load_manifest",
            "sample_rank", "sample_ranks", "shard_name", "write_shards"]
@@ -68,7 +70,9 @@ def _resolve_vocabulary(fmt: str, source: Path, cfg: ShardsConfig) -> Vocabulary
     for record in READERS[fmt](source, cfg, collections.Counter()):
         names.update(record.labels)
     if not names:
-        raise DataError(f"{source}: no labels found; check labels_column or pass --set classes=...")
+        where = ("labels_from / labels_column / labels_manifest" if fmt in SAMPLE_FORMATS
+                 else "labels_column")
+        raise DataError(f"{source}: no labels found; check {where}, or pass --set classes=...")
     kinds = {isinstance(n, int) for n in names}
     if len(kinds) > 1:
         raise DataError(f"{source}: labels mix class ids and class names; give a classes.json "
@@ -115,7 +119,7 @@ def _bucket_pass(fmt: str, source: Path, cfg: ShardsConfig, vocab: Vocabulary, w
             true = _label_ids(rec.true_labels, vocab, cfg, skipped, rec.source)
             has_true = True
         writer.add([sample_rank(rec.key, cfg.salt), rec.key, ids, true, rec.source, rec.ref,
-                    rec.ext, index])
+                    rec.ext, index, rec.kept])
     leaves = []
     for bucket in writer.close():
         leaves.extend(buckets_mod.split_bucket(bucket, cfg.bucket_records))
@@ -133,8 +137,9 @@ def _write_shard(task: dict) -> dict:
     skipped = collections.Counter(task["skipped"])
     rows: list[dict] = []
     reencoded = 0
+    kept_counts: collections.Counter = collections.Counter()
 
-    def samples() -> Iterator[tuple[str, str, bytes, dict]]:
+    def samples() -> Iterator[tuple[str, str, bytes, dict, dict]]:
         nonlocal reencoded
         for rec in task["records"]:
             try:
@@ -152,7 +157,11 @@ def _write_shard(task: dict) -> dict:
             if task["has_true"]:
                 meta["true_labels"] = row["true_labels"] = rec[TRUE] or []
             rows.append(row)
-            yield rec[KEY], ext, data, meta
+            kept = rec[KEPT] if len(rec) > KEPT and rec[KEPT] else {}
+            meta.update(kept)  # caption, url, sha256 of the input sample
+            kept_counts.update(kept.keys())
+            members = {"txt": kept[CAPTION_FIELD].encode("utf-8")} if CAPTION_FIELD in kept else {}
+            yield rec[KEY], ext, data, meta, members
 
     parts = out / WORK_DIR / "parts"
     with atomic_path(out / name) as tmp:
@@ -161,7 +170,7 @@ def _write_shard(task: dict) -> dict:
         with atomic_path(parts / f"{name}.parquet") as part:
             pq.write_table(table, part)
         stats = {"samples": len(rows), "skipped": dict(skipped), "reencoded": reencoded,
-                 "bytes": sum(r["bytes"] for r in rows)}
+                 "bytes": sum(r["bytes"] for r in rows), "kept": dict(kept_counts)}
         write_json(parts / f"{name}.json", stats)
     return stats
 
@@ -234,6 +243,8 @@ def _lineage(fmt: str, source: Path, cfg: ShardsConfig) -> dict:
         config["input_listing_sha256"] = digest.hexdigest()
     if cfg.classes:
         inputs["classes"] = Path(cfg.classes)
+    if cfg.labels_manifest:
+        inputs["labels_manifest"] = Path(cfg.labels_manifest)
     return config_record(STAGE, config, inputs)
 
 
@@ -251,7 +262,9 @@ def write_shards(source: str | Path, out_dir: str | Path, cfg: ShardsConfig | No
     Output: the shards folder of docs/formats.md; returns the summary also
     stored in ``complete.json`` (images, shards, skipped counts by reason).
     Re-running with the same config resumes an interrupted run or returns at
-    once if it finished; another config raises unless ``force``.
+    once if it finished; another config raises unless ``force``. An input or
+    config error before the first shard is written empties ``out_dir`` again,
+    so the corrected command needs no ``force``.
     Memory: at most ``cfg.bucket_records`` metadata records per process (see
     :mod:`data_tools.shards.buckets`) plus one image per worker.
     Time: one metadata pass, then read + check + write each image once.
@@ -262,11 +275,27 @@ def write_shards(source: str | Path, out_dir: str | Path, cfg: ShardsConfig | No
     if not source.exists():
         raise DataError(f"input not found: {source}")
     fmt = detect_format(source) if cfg.format == "auto" else cfg.format
+    check_label_config(fmt, cfg)
     record = _lineage(fmt, source, cfg)
     state_of_dir = prepare_output_dir(out, record, force=force)
     if state_of_dir == "complete":
         log.info("%s already holds these shards (complete.json); nothing to do", out)
         return json.loads((out / "complete.json").read_text(encoding="utf-8"))
+    try:
+        return _write_into(fmt, source, out, cfg, state_of_dir, progress)
+    except DatascaleError:
+        # An input or config error before the first shard: leave nothing (no config.yaml)
+        # that would refuse the corrected command. Other failures (an interrupt, a full
+        # disk) keep the folder, so the same command resumes.
+        if not any(out.glob("shard-*.tar")):
+            log.info("nothing written; emptying %s so that a corrected run can start", out)
+            abandon_output_dir(out)
+        raise
+
+
+def _write_into(fmt: str, source: Path, out: Path, cfg: ShardsConfig, state_of_dir: str,
+                progress: bool) -> dict:
+    """The body of :func:`write_shards` once the output folder is prepared."""
     work = out / WORK_DIR
     _clean_stale_temporaries(out)
     vocab = _resolve_vocabulary(fmt, source, cfg)

@@ -83,18 +83,22 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def write_tar(path: Path, samples: Iterable[tuple[str, str, bytes, dict]]) -> int:
-    """Write ``(key, ext, image bytes, meta)`` samples to a tar at ``path``; returns the count.
+def write_tar(path: Path, samples: Iterable[tuple]) -> int:
+    """Write ``(key, ext, image bytes, meta[, {ext: bytes}])`` samples to a tar at ``path``.
 
+    Each sample becomes ``KEY.EXT`` + ``KEY.json`` (``meta``), then any extra
+    members in extension order (``KEY.txt`` for a caption); returns the count.
     The caller renames the file into place (see :mod:`datascale.atomic`);
     this function only writes. Streaming: one sample in memory at a time.
     """
     count = 0
     with tarfile.open(path, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, ext, image, meta in samples:
+        for key, ext, image, meta, *extra in samples:
             text = json.dumps(meta, sort_keys=True, allow_nan=False).encode("utf-8")
             tar.addfile(_tarinfo(f"{key}.{ext}", len(image)), io.BytesIO(image))
             tar.addfile(_tarinfo(f"{key}.json", len(text)), io.BytesIO(text))
+            for member, data in sorted((extra[0] if extra else {}).items()):
+                tar.addfile(_tarinfo(f"{key}.{member}", len(data)), io.BytesIO(data))
             count += 1
     return count
 
