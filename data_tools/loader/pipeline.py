@@ -111,7 +111,7 @@ class _Pipeline(wds.DataPipeline):
                  world_size: int, train: bool) -> None:
         self.shards = [ShardItem(str(p), e.samples, e.filter)
                        for p, e in zip(source.shard_paths(), source.shards)]
-        table = source.label_map()
+        table = None if source.keep_unlabelled else source.label_map()  # which images belong
         self.accept = SampleFilter(source.max_rank,
                                    None if table is None else tuple(int(v) for v in table))
         self.cfg, self.encoder, self.rank, self.world_size = cfg, encoder, rank, world_size

@@ -76,7 +76,9 @@ def resolve_data(cfg: PretrainConfig):
     if evalset.source_vocabulary().names != train.source_vocabulary().names:
         raise DataError(f"the eval set {cfg.data.eval} uses other classes than {cfg.data.train}; "
                         "shard both with the same classes.json")
-    evalset = dataclasses.replace(evalset, classes=train.classes)
+    # Every eval image stays: one with none of a class-restricted subset's classes is a
+    # negative for each of them (dropping it would flatter mAP and leave the shard counts short).
+    evalset = dataclasses.replace(evalset, classes=train.classes, keep_unlabelled=True)
     return train, evalset, train.vocabulary()
 
 
