@@ -16,7 +16,8 @@ def _cmd_write(args) -> int:
                            progress=not args.quiet)
     skipped = sum(summary["skipped"].values())
     print(f"{summary['images']} images in {summary['shards']} shards -> {args.out}"
-          f" ({skipped} skipped: {summary['skipped'] or 'none'}; see card.md)")
+          f" ({summary.get('reencoded', 0)} re-encoded to JPEG; "
+          f"{skipped} skipped: {summary['skipped'] or 'none'}; see card.md)")
     return 0
 
 

@@ -31,9 +31,14 @@ class ShardsConfig:
     labels_manifest: str | None = None  # sidecar .parquet/.csv/.jsonl: key_column + labels_column
     unknown_labels: Literal["error", "drop"] = "error"
     image_check: Literal["decode", "header"] = "decode"
+    # "jpeg": every image member is KEY.jpg (PNG, WebP, ... re-encoded at jpeg_quality, alpha
+    # composited on white), so one extension reads a whole shard set; "original" keeps the bytes.
+    image_format: Literal["original", "jpeg"] = "original"
+    jpeg_quality: int = 95              # quality of every re-encode to JPEG (PIL scale, 1-100)
 
     def validate(self) -> None:
         require(self.samples_per_shard >= 1, "samples_per_shard", "must be at least 1")
         require(self.workers >= 0, "workers", "must be 0 (auto) or more")
         require(self.bucket_records >= 100, "bucket_records", "must be at least 100")
         require(bool(self.salt), "salt", "must not be empty")
+        require(1 <= self.jpeg_quality <= 100, "jpeg_quality", "must be between 1 and 100")

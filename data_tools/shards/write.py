@@ -4,6 +4,7 @@ Any input (image folders, a CSV/Parquet/JSONL manifest, existing WebDataset or
 img2dataset tars, an img2dataset ``files`` folder, a synthetic world) becomes::
 
     SHARDS/shard-000000.tar ...  KEY.jpg (original bytes where possible) + KEY.json [+ KEY.txt]
+                                 (``image_format=jpeg``: every image a KEY.jpg)
     SHARDS/manifest.parquet      key, shard, labels, rank, bytes, sha1, ext [, true_labels]
     SHARDS/sizes.json, classes.json, card.md, config.yaml, complete.json
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import hashlib
+import io
 import json
 import logging
 import multiprocessing
@@ -29,8 +31,10 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 from tqdm import tqdm
 
 from datascale.atomic import atomic_path, write_json
@@ -131,26 +135,72 @@ def _bucket_pass(fmt: str, source: Path, cfg: ShardsConfig, vocab: Vocabulary, w
 # --------------------------------------------------------------------------- pass 2
 
 
+def to_jpeg(data: bytes, quality: int) -> bytes:
+    """Encoded image bytes re-encoded as an RGB JPEG at ``quality``.
+
+    Transparency (RGBA, LA, palette with a transparent colour) is composited
+    on white, not dropped (dropping alpha shows whatever colour the
+    transparent pixels happen to hold); 16-bit images are scaled to 8 bits;
+    the ICC profile is kept. Raises ImageCheckError for undecodable bytes.
+    """
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        if image.mode.startswith("I") or image.mode == "F":  # 16/32-bit grey: scale, not clip
+            grey = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0 if image.mode != "F" else 1)
+            image = Image.fromarray(np.clip(grey, 0, 255).round().astype(np.uint8))
+        if image.mode == "P" and "transparency" in image.info:
+            image = image.convert("RGBA")
+        if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+            rgba = image.convert("RGBA")
+            image = Image.new("RGB", rgba.size, (255, 255, 255))
+            image.paste(rgba, mask=rgba.getchannel("A"))
+        out = io.BytesIO()
+        image.convert("RGB").save(out, format="JPEG", quality=quality,
+                                  icc_profile=image.info.get("icc_profile"))
+        return out.getvalue()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageCheckError(f"not a decodable image ({exc})") from None
+
+
+def stored_image(raw: bytes, decode: bool, image_format: str, quality: int
+                 ) -> tuple[bytes, str, str | None]:
+    """(bytes to store, member extension, source format if re-encoded else None).
+
+    JPEG/PNG/WebP bytes are kept unless ``image_format`` is ``"jpeg"``; any
+    format WebDataset readers do not take as is is always re-encoded to JPEG,
+    at ``quality``. Raises ImageCheckError for bytes that are not an image.
+    """
+    data, ext, changed = check_image(raw, decode=decode)
+    if not changed and (image_format != "jpeg" or ext == "jpg"):
+        return data, ext, None
+    # Re-encode from the original bytes (check_image's own re-encode has a fixed quality
+    # and drops alpha), so every re-encoded member is made the same way.
+    source = (ext if not changed else str(Image.open(io.BytesIO(raw)).format)).lower()
+    return to_jpeg(raw, quality), "jpg", source
+
+
 def _write_shard(task: dict) -> dict:
     """Worker: write one shard (tar + manifest part + stats), atomically. Returns its stats."""
     out, name, decode = Path(task["out"]), task["name"], task["decode"]
     skipped = collections.Counter(task["skipped"])
     rows: list[dict] = []
-    reencoded = 0
+    reencoded: collections.Counter = collections.Counter()  # source format -> images
     kept_counts: collections.Counter = collections.Counter()
 
     def samples() -> Iterator[tuple[str, str, bytes, dict, dict]]:
-        nonlocal reencoded
         for rec in task["records"]:
             try:
-                data, ext, changed = check_image(read_ref(rec[REF]), decode=decode)
+                data, ext, source_format = stored_image(read_ref(rec[REF]), decode,
+                                                        task["image_format"], task["jpeg_quality"])
             except OSError as exc:
                 count_skip(skipped, "unreadable_image", f"{rec[SOURCE]}: {exc}")
                 continue
             except ImageCheckError as exc:
                 count_skip(skipped, "corrupt_image", f"{rec[SOURCE]}: {exc}")
                 continue
-            reencoded += changed
+            if source_format is not None:
+                reencoded[source_format] += 1
             meta = {"labels": rec[LABELS], "rank": rec[RANK], "source": rec[SOURCE]}
             row = {"key": rec[KEY], "shard": name, "labels": rec[LABELS], "rank": rec[RANK],
                    "bytes": len(data), "sha1": hashlib.sha1(data).hexdigest(), "ext": ext}
@@ -169,13 +219,14 @@ def _write_shard(task: dict) -> dict:
         table = pa.Table.from_pylist(rows, schema=manifest_schema(task["has_true"]))
         with atomic_path(parts / f"{name}.parquet") as part:
             pq.write_table(table, part)
-        stats = {"samples": len(rows), "skipped": dict(skipped), "reencoded": reencoded,
+        stats = {"samples": len(rows), "skipped": dict(skipped),
+                 "reencoded": sum(reencoded.values()), "reencoded_from": dict(reencoded),
                  "bytes": sum(r["bytes"] for r in rows), "kept": dict(kept_counts)}
         write_json(parts / f"{name}.json", stats)
     return stats
 
 
-def _shard_tasks(out: Path, groups: list[dict], state: dict, decode: bool) -> Iterator[dict]:
+def _shard_tasks(out: Path, groups: list[dict], state: dict, cfg: ShardsConfig) -> Iterator[dict]:
     """One task per shard not yet written, loading one group of records at a time."""
     parts = out / WORK_DIR / "parts"
     for group in groups:
@@ -191,8 +242,10 @@ def _shard_tasks(out: Path, groups: list[dict], state: dict, decode: bool) -> It
             if (out / name).is_file() and (parts / f"{name}.json").is_file():
                 continue
             # Duplicates are charged to the group's first shard, so they are counted once.
-            yield {"out": str(out), "name": name, "records": chunk, "decode": decode,
-                   "has_true": state["has_true"], "skipped": dict(dup_skips) if j == 0 else {}}
+            yield {"out": str(out), "name": name, "records": chunk,
+                   "decode": cfg.image_check == "decode", "image_format": cfg.image_format,
+                   "jpeg_quality": cfg.jpeg_quality, "has_true": state["has_true"],
+                   "skipped": dict(dup_skips) if j == 0 else {}}
 
 
 def _run_tasks(tasks: Iterator[dict], workers: int, total: int, progress: bool) -> None:
@@ -313,10 +366,11 @@ def _write_into(fmt: str, source: Path, out: Path, cfg: ShardsConfig, state_of_d
     todo = sum(1 for i in range(total) if not (out / shard_name(i)).is_file()
                or not (work / "parts" / f"{shard_name(i)}.json").is_file())
     workers = cfg.workers or os.cpu_count() or 1
-    _run_tasks(_shard_tasks(out, groups, state, cfg.image_check == "decode"),
+    _run_tasks(_shard_tasks(out, groups, state, cfg),
                min(workers, todo), todo, progress)
     from data_tools.shards.report import finalize_shards
-    summary = finalize_shards(out, total, vocab, state, salt=cfg.salt)
+    summary = finalize_shards(out, total, vocab, state, salt=cfg.salt,
+                              image_format=cfg.image_format, jpeg_quality=cfg.jpeg_quality)
     if summary["images"] == 0:
         raise DataError(f"{source}: no usable images: every input was skipped "
                         f"({summary['skipped']}); see the warnings above")

@@ -8,7 +8,8 @@ only the labels of given classes (the paper's 941-class ablation), renumber
 them 0..K-1 and drop images left without a label. Writes, per subset::
 
     SUBSETS/NAME/subset.json, manifest.parquet, stats.json, classes.json,
-                 config.yaml, complete.json
+                 config.yaml, complete.json,
+                 urls.txt, shards/ (what plain WebDataset reads: data_tools.subsets.wds_view)
 
 Everything streams over the shards manifest in pyarrow batches and uses the
 stored ranks; a 300M-row manifest is never held in memory.
