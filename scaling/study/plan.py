@@ -358,7 +358,7 @@ def write_study_section(plan: Plan, cfg) -> Path:
     marker = "\n## The study\n"
     text = text.split(marker)[0].rstrip() + "\n" + marker
     lines = [f"Config `{cfg.name}`; every output under `{plan.root}/`.", "",
-             "| subset | images | passes over the subset | mAP@100 (annotated classes) | mAP@100 all levels "
+             "| run | images | passes over the subset | mAP@100 (annotated classes) | mAP@100 all levels "
              "| converged |", "|---|---|---|---|---|---|"]
     for step in plan.steps:
         if step.stage == "pretrain" and (step.out / "metrics.json").is_file():
@@ -372,7 +372,8 @@ def write_study_section(plan: Plan, cfg) -> Path:
             state = budget.get("converged")
             converged = ("yes" if state else f"no (+{budget.get('map_gain') or 0:.3f} to gain)") \
                 if state is not None else "not recorded"
-            lines.append(f"| {meta['subset_name']} | {meta['subset_images']} | {passes:.0f} | {leaves:.4f} "
+            # The run's folder name: the size plus its axis values (7200-top30), unique per row.
+            lines.append(f"| {step.out.name} | {meta['subset_images']} | {passes:.0f} | {leaves:.4f} "
                          f"| {levels:.4f} | {converged} |")
     if cfg.world is not None:
         lines += _world_paragraph(plan.root)
