@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 
 from datascale.errors import ConfigError, DataError
+from data_tools.ranks import sample_ranks
 from scaling.models.backbones import IMAGE_MEAN, IMAGE_STD, Backbone
 from scaling.tasks.config import DataConfig, FinetuneConfig
 
@@ -54,6 +55,10 @@ class Task(abc.ABC):
     def check_test(self, train_set: Any, test_set: Any) -> None:
         """Raise DataError when the model trained on ``train_set`` cannot score ``test_set``
         (COCO tasks: the category lists differ). Segmentation reads one labels.txt for both."""
+
+    def train_images(self, train_set: Any) -> int:
+        """Images in the training set (a pose set has one item per person, not per image)."""
+        return len(train_set)
 
     @abc.abstractmethod
     def build_model(self, backbone: Backbone, cfg: FinetuneConfig, train_set: Any, meta: dict) -> nn.Module:
@@ -114,6 +119,20 @@ def report_skips(what: str, skipped: collections.Counter, kept: int) -> None:
     if skipped:
         reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
         log.warning("%s: kept %d, skipped %s", what, kept, reasons)
+
+
+def labelled_subset(keys: Sequence[str], data: DataConfig) -> list[int]:
+    """Indices (in input order) of the training images ``data.labelled_fraction`` keeps.
+
+    The kept images are the first round(fraction x N) (at least one) in the order of
+    their hash rank u = hash(key, data.labelled_salt), so subsets are nested and
+    independent of the file's order; ``keys`` must be unique (file names, image ids).
+    """
+    if data.labelled_fraction >= 1.0:
+        return list(range(len(keys)))
+    keep = max(1, round(data.labelled_fraction * len(keys)))
+    order = np.argsort(sample_ranks(keys, salt=data.labelled_salt), kind="stable")
+    return sorted(int(i) for i in order[:keep])
 
 
 # --------------------------------------------------------------------------- images
