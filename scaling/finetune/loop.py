@@ -198,7 +198,7 @@ def _step_terms(task, model, batches, pseudo: PseudoData | None, pseudo_batches)
     terms = task.loss(model, next(batches))
     if pseudo is not None:
         pseudo_terms = task.loss(model, next(pseudo_batches))
-        factor = pseudo.scale(float(sum(terms.values())), float(sum(pseudo_terms.values())))
+        factor = pseudo.scale(float(sum(terms.values()).detach()), float(sum(pseudo_terms.values()).detach()))
         terms.update({f"pseudo_{k}": factor * v for k, v in pseudo_terms.items()})
     return terms
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import collections
+import io
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -138,10 +139,32 @@ def labelled_subset(keys: Sequence[str], data: DataConfig) -> list[int]:
 # --------------------------------------------------------------------------- images
 
 
-def read_image(path: Path) -> Image.Image:
-    """An RGB PIL image; DataError for an unreadable file."""
+class EncodedImage:
+    """An image (or mask) held as encoded bytes, e.g. a shard member, usable where a task reads a path.
+
+    ``str()`` gives its name, which is what datasets use as a cache key.
+    """
+
+    def __init__(self, name: str, data: bytes) -> None:
+        self.name = name
+        self.data = data
+
+    def __str__(self) -> str:
+        return self.name
+
+    def open(self) -> io.BytesIO:
+        return io.BytesIO(self.data)
+
+
+def as_file(source: Path | EncodedImage):
+    """What PIL can open: the path itself, or a fresh file object over the bytes."""
+    return source.open() if isinstance(source, EncodedImage) else source
+
+
+def read_image(path: Path | EncodedImage) -> Image.Image:
+    """An RGB PIL image from a file or :class:`EncodedImage`; DataError for an unreadable one."""
     try:
-        with Image.open(path) as img:
+        with Image.open(as_file(path)) as img:
             return img.convert("RGB")
     except (OSError, SyntaxError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from None

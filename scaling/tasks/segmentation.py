@@ -30,8 +30,8 @@ from datascale.errors import ConfigError, DataError
 from datascale.formats import voc
 from scaling.models.backbones import Backbone
 from scaling.tasks.augment import Augment, Sample
-from scaling.tasks.common import (ImageCache, Normalize, Task, cleaned_path, image_size_of, labelled_subset,
-                                  read_image, report_skips, split_paths, to_tensor)
+from scaling.tasks.common import (ImageCache, Normalize, Task, as_file, cleaned_path, image_size_of,
+                                  labelled_subset, read_image, report_skips, split_paths, to_tensor)
 from scaling.tasks.config import FinetuneConfig
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         def decode():
             image = read_image(self.voc.images[index]).resize((self.size, self.size), Image.BILINEAR)
-            mask = Image.fromarray(voc.read_mask(self.voc.masks[index], len(self.voc.class_names)))
+            mask = Image.fromarray(voc.read_mask(as_file(self.voc.masks[index]), len(self.voc.class_names)))
             mask = np.asarray(mask.resize((self.size, self.size), Image.NEAREST), dtype=np.int64)
             return to_tensor(image), torch.from_numpy(mask.copy())
         image, mask = self._cache.get(index, decode)
