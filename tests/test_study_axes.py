@@ -90,3 +90,19 @@ def test_curriculum_axis_adds_a_suffix_only_to_its_non_default_value():
     assert not any(a.startswith("curriculum.name=") for a in runs["720"])  # the config's own value
     first = _pretrain_runs(_plan("axes.curriculum=[efficienttrain, none]"))
     assert {"240", "240-none"} <= set(first) and "curriculum.name=efficienttrain" in first["240"]
+
+
+def test_selftrain_students_are_planned_from_the_random_init_runs():
+    plan = _plan("finetune.selftrain=true", "finetune.selftrain_set=['student.pseudo_ratio=0.5']")
+    students = [s for s in plan.steps if s.stage == "selftrain"]
+    teachers = [s for s in plan.steps if s.stage == "finetune" and "/finetune/random-seed" in str(s.out)]
+    assert teachers and len(students) == len(teachers)
+    for student, teacher in zip(students, teachers):
+        argv = student.argv
+        assert argv[argv.index("--teacher") + 1] == str(teacher.out)
+        assert argv[argv.index("--unlabelled") + 1].endswith("subsets/7200")  # the largest subset
+        assert "student.pseudo_ratio=0.5" in argv and student.out.name == "student"
+    collect = next(s for s in plan.steps if s.label == "collect results")
+    assert all(str(s.out) in collect.argv for s in students)
+    with pytest.raises(ConfigError, match="selftrain"):
+        _plan("finetune.selftrain=true", "finetune.modes=[frozen]")

@@ -163,9 +163,11 @@ def build_plan(cfg) -> Plan:
     cleaned = _plan_dedup(cfg, plan, root, root / "subsets" / names[-1], backbones[default])
     _plan_finetune(cfg, plan, root, {p.name(default): b for p, b in backbones.items()}, cleaned,
                    sorted({p.arch for p in points}, key=[p.arch for p in points].index), default.arch)
+    if cfg.finetune.selftrain:
+        _plan_selftrain(cfg, plan, root, default.subsets_folder(root) / names[-1])
     results = root / "results"
     # Exactly the planned runs: a folder left from an earlier config is not collected.
-    runs = [str(s.out) for s in plan.steps if s.stage in ("pretrain", "finetune")]
+    runs = [str(s.out) for s in plan.steps if s.stage in ("pretrain", "finetune", "selftrain")]
     plan.add("analysis", "collect results", ["results", "collect", *runs,
                                              "--out", str(results / "results.parquet")], results,
              marker=f"collect.{COMPLETE_FILE}")
@@ -248,6 +250,20 @@ def _plan_finetune(cfg, plan: Plan, root: Path, backbones: dict[str, Path], clea
                     if task in cleaned:
                         argv += ["--cleaned-test", str(cleaned[task])]
                     plan.add("finetune", f"{task} {mode} {init} seed {seed}", argv, run)
+
+
+def _plan_selftrain(cfg, plan: Plan, root: Path, unlabelled: Path) -> None:
+    """A student per fine-tune-mode random-init run (its teacher), on the largest subset's images."""
+    teachers = [s for s in plan.steps if s.stage == "finetune" and s.out.parent.name == "finetune"
+                and s.out.name.startswith("random-seed")]
+    for teacher in teachers:
+        task = teacher.argv[teacher.argv.index("--task") + 1]
+        out = root / "runs" / "selftrain" / task / teacher.out.name
+        argv = ["selftrain", "--task", task, "--teacher", str(teacher.out), "--unlabelled", str(unlabelled),
+                *_sets(cfg.finetune.selftrain_set), "--out", str(out), "--force"]
+        # The student's config starts as the teacher's recorded one: same data, steps and
+        # cleaned test set. Its output, for the skip check and results collect: the student's run folder.
+        plan.add("selftrain", f"{task} selftrain from {teacher.out.name}", argv, out / "student")
 
 
 # Printed under the pretraining table of the report, for a study on the synthetic world only
