@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup study findings test test-fast bench readme clean
+.PHONY: setup study findings axes test test-fast bench readme clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,11 @@ study: $(STAMP)
 findings: $(STAMP)
 	$(VENV)/bin/datascale study configs/studies/findings.yaml
 
+# The paper's ablations on the synthetic world (docs/axes.md): class count, then capacity (~45 min).
+axes: $(STAMP)
+	$(VENV)/bin/datascale study configs/studies/classes.yaml
+	$(VENV)/bin/datascale study configs/studies/capacity.yaml
+
 # The README's result sections, copied from the studies' reports (run `make study` first;
 # the findings block is refreshed when study-findings/ has a report).
 readme: $(STAMP)
@@ -44,4 +49,4 @@ bench: $(STAMP)
 	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info study study-findings
+	rm -rf $(VENV) build *.egg-info study study-findings study-classes study-capacity

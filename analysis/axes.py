@@ -6,7 +6,8 @@
 * class count (``classes``, Table 6): paired values at equal image counts, the
   difference with a t interval over the pairs (does restricting the label
   space change what the images buy?);
-* initialisation (``init_from``): the same slope table.
+* initialisation (``init_from``) and curriculum (``curriculum``, EfficientTrain++ or none):
+  the same slope table (does the curriculum change what 10x data buys?).
 
 An axis appears only when the study varied it. Figures: ``plots/axis_AXIS.png``.
 """
@@ -21,7 +22,7 @@ from scipy import stats
 from analysis.headline import main_metrics, main_setting, main_value
 
 AXES = {"arch": "Model capacity", "budget": "Training budget", "classes": "Number of classes",
-        "init_from": "Initialisation"}
+        "init_from": "Initialisation", "curriculum": "Pretraining curriculum"}
 
 
 def varied_axes(results: pd.DataFrame) -> list[str]:

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 # A curve is one combination of these (more with FitConfig.group_by): every axis of a study
 # but the pretraining seed, whose runs are replicates of one point (pretrain_run).
-CURVE_KEYS = ["task", "metric", "test_set", "mode", "arch", "init", "budget", "classes", "init_from"]
+CURVE_KEYS = ["task", "metric", "test_set", "mode", "arch", "init", *AXIS_COLUMNS, "labelled_fraction"]
 # Columns that should be constant along one curve (rule 3: same compute for every size).
 SAME_ALONG_CURVE = ("steps", "num_classes")
 BACKBONE_COLUMN = "pretrain_run"

@@ -35,7 +35,7 @@ def main_metrics(results: pd.DataFrame) -> dict[str, str]:
 
 
 # A study's other axes (scaling.study): the headline shows each at its most common value.
-SETTING_COLUMNS = ("arch", "budget", "classes", "init_from")
+SETTING_COLUMNS = ("arch", "budget", "classes", "init_from", "curriculum")
 
 
 def main_setting(rows: pd.DataFrame, vary: str | None = None) -> pd.DataFrame:
@@ -56,7 +56,7 @@ def main_setting(rows: pd.DataFrame, vary: str | None = None) -> pd.DataFrame:
 def main_value(values: pd.Series, column: str) -> str:
     """An axis's main value: ``all`` classes or no ``init_from`` when present, else the most common."""
     texts = values.astype(str)
-    preferred = {"classes": "all", "init_from": "<NA>"}.get(column)
+    preferred = {"classes": "all", "init_from": "<NA>", "curriculum": "none"}.get(column)
     return preferred if preferred in set(texts) else texts.mode().iloc[0]
 
 

@@ -35,7 +35,7 @@ from datascale.lineage import COMPLETE_FILE, CONFIG_FILE, config_record
 
 log = logging.getLogger(__name__)
 
-RUN_STAGES = ("pretrain", "finetune")
+RUN_STAGES = ("pretrain", "finetune", "selftrain")
 METRICS_FILE = "metrics.json"
 FAILED_FILE = "failed.json"
 EXCLUDED_FILE = "excluded.csv"
@@ -46,9 +46,10 @@ TEXT_COLUMNS = ("task", "metric", "test_set", "mode", "arch", "init", "subset_na
                 "run_dir", "pretrain_run", "stage")
 INT_COLUMNS = ("subset_images", "num_classes", "steps", "seed", "pretrain_seed")
 # The study's axes besides size and architecture (scaling.study): each value its own curve.
-AXIS_COLUMNS = ("budget", "classes", "init_from")
+AXIS_COLUMNS = ("budget", "classes", "init_from", "curriculum", "augment")
 # The pretraining budget of the backbone (passes over its subset, mAP@100 still to gain, converged).
-FLOAT_COLUMNS = ("pretrain_passes", "pretrain_map_gain")
+# labelled_fraction: the share of the labelled downstream training set used (data.labelled_fraction).
+FLOAT_COLUMNS = ("pretrain_passes", "pretrain_map_gain", "labelled_fraction")
 # is_primary: the metric the run's task names as its main one (complete.json "primary_metric").
 BOOL_COLUMNS = ("pretrain_converged", "is_primary")
 COLUMNS = ("task", "metric", "test_set", "value", "mode", "arch", "init", "subset_name",

@@ -43,6 +43,7 @@ COMMAND_MODULES = [
     "scaling.study.cli",
     "data_tools.dedup.cli",
     "scaling.finetune.cli",
+    "scaling.selftrain.cli",
     "analysis.cli",
 ]
 
@@ -56,6 +57,7 @@ pipeline:
   dedup audit      near-duplicates of downstream test sets; cleaned test sets
   dedup label      a sample of pairs to mark by hand (real data: calibrates the audit)
   finetune         detection / segmentation / pose, frozen or fine-tuned
+  selftrain        a teacher run pseudo-labels unlabelled images; a student trains on both
   results collect  run folders -> results.parquet
   fit, plot        scaling curves with uncertainty -> results/report.md
   study            all of the above from one study config

@@ -204,6 +204,19 @@ def prepare_output_dir(out_dir: str | Path, record: dict, force: bool = False
     return "new"
 
 
+def abandon_output_dir(out_dir: str | Path) -> None:
+    """Undo :func:`prepare_output_dir` after a start that failed before writing any output.
+
+    Empties the folder (config.yaml, work files, skipped.tsv; never the lock
+    file), so that a corrected command with another config is not refused as
+    "a different config". Call it only for a folder that holds nothing but
+    this attempt's (or an earlier failed attempt's) files of the same stage.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.is_dir():
+        _empty_folder(out_dir)
+
+
 def _empty_folder(out_dir: Path) -> None:
     """Delete everything in ``out_dir`` but its lock file (which another process may be waiting on)
     and its console log (the folder's history, being written by this very command)."""

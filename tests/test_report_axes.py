@@ -48,3 +48,26 @@ def test_report_has_a_section_per_varied_axis_with_the_papers_reading(tmp_path):
     # The headline shows the main setting only (the most common value of each axis).
     headline = report.split("## Headline")[1].split("##")[0]
     assert headline.count("| detection |") == 1
+
+
+def test_curriculum_axis_gets_its_slope_section(tmp_path):
+    rng = np.random.default_rng(1)
+    for curriculum, slope in (("none", 0.03), ("efficienttrain", 0.03)):
+        for size in SIZES:
+            for seed in (0, 1):
+                value = 0.2 + slope * math.log10(size / 1e7) + rng.normal(0, 0.002)
+                lineage = {"task": "detection", "mode": "finetune", "seed": seed, "arch": "resnet50",
+                           "init": "pretrained", "subset_images": size, "steps": 100, "classes": "all",
+                           "budget": "steps:1000", "curriculum": curriculum, "pretrain_seed": seed,
+                           "pretrain_run": f"pre/{curriculum}-{size}-{seed}"}
+                make_run(tmp_path / "runs", f"{curriculum}-{size}-{seed}", metrics={"original": {"AP": value}},
+                         lineage=lineage, arch="resnet50")
+    results = tmp_path / "results"
+    for argv in (["results", "collect", str(tmp_path / "runs"), "--out", str(results / "results.parquet")],
+                 ["fit", "--results", str(results / "results.parquet")],
+                 ["plot", "--results", str(results / "results.parquet"), "--set", "formats=[png]"]):
+        assert main(["-q", *argv]) == 0
+    report = (results / "report.md").read_text()
+    section = report.split("## Pretraining curriculum (`curriculum`)")[1].split("##")[0]
+    assert "| efficienttrain |" in section and "| none |" in section
+    assert (results / "plots" / "axis_curriculum.png").is_file()

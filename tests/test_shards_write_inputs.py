@@ -112,14 +112,15 @@ def _tar_input(path, members):
             tar.addfile(info, io.BytesIO(data))
 
 
-def test_img2dataset_style_tars_with_json_cls_txt_labels_and_format_handling(tmp_path):
+def test_img2dataset_style_tars_with_json_or_cls_labels_and_format_handling(tmp_path):
     source = tmp_path / "wds"
     source.mkdir()
     bmp = io.BytesIO()
     Image.open(io.BytesIO(photo_bytes(5))).save(bmp, format="BMP")
     members = [("000000000.jpg", photo_bytes(0)), ("000000000.json", b'{"labels": ["cat"]}'),
                ("000000001.png", photo_bytes(1, fmt="PNG")), ("000000001.cls", b"3"),
-               ("000000002.webp", photo_bytes(2, fmt="WEBP")), ("000000002.txt", b"rocket"),
+               ("000000002.webp", photo_bytes(2, fmt="WEBP")), ("000000002.txt", b"rocket, red"),
+               ("000000002.cls", b"6"),
                ("000000003.bmp", bmp.getvalue()), ("000000003.cls", b"5")]
     _tar_input(source / "00000.tar", members)
     (tmp_path / "classes.json").write_text(json.dumps(CLASSES))
@@ -133,6 +134,7 @@ def test_img2dataset_style_tars_with_json_cls_txt_labels_and_format_handling(tmp
     assert list(table.loc["000000002", "labels"]) == [6]
     samples = {s.key: s for s in iter_shard_samples(_shards(out))}
     assert samples["000000001"].image == photo_bytes(1, fmt="PNG")  # original bytes kept
+    assert samples["000000002"].meta["caption"] == "rocket, red"  # a caption, never a label
 
 
 def test_output_does_not_depend_on_input_order_or_worker_count(tmp_path):

@@ -68,6 +68,7 @@ def test_same_epochs_budget_resolves_per_subset_and_labels_the_run():
     ("axes.classes=['top:x']", "use all or top:K"),
     ("axes.arch=[resnet9]", "unknown architecture 'resnet9'"),
     ("axes.pretrain_seed=[1, 1]", "lists a value twice"),
+    ("axes.curriculum=[none, fasttrain]", "'fasttrain': use one of none, efficienttrain"),
 ])
 def test_bad_axis_values_are_config_errors(setting, message):
     with pytest.raises(ConfigError, match=message):
@@ -91,3 +92,30 @@ def test_the_capacity_and_classes_studies_plan_the_papers_ablations():
     classes = build_plan(load_config(StudyConfig, "studies/classes", []))
     assert set(_pretrain_runs(classes)) == {"720", "2400", "4500", "720-top30", "2400-top30", "4500-top30"}
     assert not any(s.stage == "dedup" for s in classes.steps + capacity.steps)
+
+
+def test_curriculum_axis_adds_a_suffix_only_to_its_non_default_value():
+    before = _pretrain_runs(_plan())
+    runs = _pretrain_runs(_plan("axes.curriculum=[none, efficienttrain]"))
+    assert set(before) <= set(runs) and len(runs) == 2 * len(before)
+    assert {"240", "7200", "240-efficienttrain", "7200-efficienttrain"} <= set(runs)
+    assert "curriculum.name=efficienttrain" in runs["720-efficienttrain"]
+    assert not any(a.startswith("curriculum.name=") for a in runs["720"])  # the config's own value
+    first = _pretrain_runs(_plan("axes.curriculum=[efficienttrain, none]"))
+    assert {"240", "240-none"} <= set(first) and "curriculum.name=efficienttrain" in first["240"]
+
+
+def test_selftrain_students_are_planned_from_the_random_init_runs():
+    plan = _plan("finetune.selftrain=true", "finetune.selftrain_set=['student.pseudo_ratio=0.5']")
+    students = [s for s in plan.steps if s.stage == "selftrain"]
+    teachers = [s for s in plan.steps if s.stage == "finetune" and "/finetune/random-seed" in str(s.out)]
+    assert teachers and len(students) == len(teachers)
+    for student, teacher in zip(students, teachers):
+        argv = student.argv
+        assert argv[argv.index("--teacher") + 1] == str(teacher.out)
+        assert argv[argv.index("--unlabelled") + 1].endswith("subsets/7200")  # the largest subset
+        assert "student.pseudo_ratio=0.5" in argv and student.out.name == "student"
+    collect = next(s for s in plan.steps if s.label == "collect results")
+    assert all(str(s.out) in collect.argv for s in students)
+    with pytest.raises(ConfigError, match="selftrain"):
+        _plan("finetune.selftrain=true", "finetune.modes=[frozen]")

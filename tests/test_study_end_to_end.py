@@ -55,6 +55,11 @@ def test_tiny_study_runs_every_stage(finished):
         assert (out / "runs" / "pretrain" / name / "backbone.pt").is_file()
     table = pd.read_parquet(out / "results" / "results.parquet")
     assert set(TASKS) <= set(table["task"])
+    # Self-training: a student per task, taught by its random-init run, in the results as an init.
+    for task in TASKS:
+        assert (out / "runs" / "selftrain" / task / "random-seed0" / "student" / "complete.json").is_file()
+        assert list((out / "runs" / "selftrain" / task / "random-seed0" / "pseudo").glob("pseudo-*.tar"))
+    assert set(table.loc[table["init"] == "selftrain", "task"]) == set(TASKS)
     assert {"original", "cleaned"} <= set(table["test_set"])            # dedup effect reported
     report = (out / "results" / "report.md").read_text()
     assert "## The study" in report and "Near-duplicate audit" in report
@@ -71,7 +76,7 @@ def test_rerunning_a_finished_study_is_a_no_op(finished):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = proc.stdout.split("stage      status", 1)[1].splitlines()
     rows = [line.split() for line in summary
-            if line.split()[:1] and line.split()[0] in ("synth", "shards", "subsets", "pretrain", "dedup", "finetune")]
+            if line.split()[:1] and line.split()[0] in ("synth", "shards", "subsets", "pretrain", "dedup", "finetune", "selftrain")]
     assert rows and all(row[1] == "skipped" for row in rows), rows
     assert marker.stat().st_mtime_ns == before
 

@@ -75,3 +75,26 @@ def test_top_k_classes_and_unknown_class_names(tmp_path, capsys):
     code = main(["subsets", "make", str(shards), "--out", str(tmp_path / "y"), "--sizes", "1.0",
                  "--top-classes", "2", "--classes", "cat"])
     assert code == 2 and "either classes or top_classes" in capsys.readouterr().err
+
+
+def test_an_eval_set_read_in_a_restricted_class_space_keeps_every_image(tmp_path):
+    """Pretraining on a class-restricted subset evaluates on the whole eval set: an image with
+    none of the kept classes is a negative for each (not a missing sample, not dropped)."""
+    import dataclasses
+
+    shards = small_shards(tmp_path, images=40, per_shard=6)
+    assert main(["-q", "subsets", "make", str(shards), "--out", str(tmp_path / "sub"),
+                 "--sizes", "15", "--classes", "cat,rocket,0"]) == 0
+    train = load_subset(tmp_path / "sub" / "15-3classes")
+    evalset = dataclasses.replace(load_subset(shards), classes=train.classes, keep_unlabelled=True)
+    full = load_manifest(shards)
+    keep = train.classes
+    loader = make_eval_loader(evalset, LoaderConfig(batch_size=4, num_workers=0, image_size=16),
+                              num_classes=3)
+    batches = list(loader)
+    keys = [k for b in batches for k in b.keys]
+    assert sorted(keys) == sorted(full["key"])  # every image, once
+    targets = {k: row for b in batches for k, row in zip(b.keys, b.targets.to_dense())}
+    unlabelled = [k for k, ids in zip(full["key"], full["labels"]) if not any(i in keep for i in ids)]
+    assert unlabelled and all(targets[k].sum() == 0 for k in unlabelled)
+    assert sum(1 for k in keys if targets[k].sum() > 0) == len(full) - len(unlabelled)

@@ -46,6 +46,7 @@ import webdataset as wds
 from datascale.errors import ConfigError, DataError, count_skip
 from data_tools.labels import Vocabulary
 from data_tools.loader.config import LoaderConfig
+from data_tools.loader.curriculum import CurriculumAugment, CurriculumSchedule, StageSetting
 from data_tools.loader.streams import (SampleFilter, ShardItem, ShuffleBuffer, WorkerShards, exact_items,
                                 shuffled_items)
 from data_tools.subsets.subset import Subset, as_subset
@@ -110,7 +111,7 @@ class _Pipeline(wds.DataPipeline):
                  world_size: int, train: bool) -> None:
         self.shards = [ShardItem(str(p), e.samples, e.filter)
                        for p, e in zip(source.shard_paths(), source.shards)]
-        table = source.label_map()
+        table = None if source.keep_unlabelled else source.label_map()  # which images belong
         self.accept = SampleFilter(source.max_rank,
                                    None if table is None else tuple(int(v) for v in table))
         self.cfg, self.encoder, self.rank, self.world_size = cfg, encoder, rank, world_size
@@ -124,7 +125,8 @@ class _Pipeline(wds.DataPipeline):
         info = torch.utils.data.get_worker_info()
         return (0, 1) if info is None else (info.id, info.num_workers)
 
-    def _make_batch(self, items: list, seeds: list[list[int]] | None) -> Batch:
+    def _make_batch(self, items: list, seeds: list[list[int]] | None,
+                    setting: StageSetting | None = None) -> Batch:
         arrays, labels, keys = [], [], []
         for i, item in enumerate(items):
             if item is None:
@@ -135,10 +137,11 @@ class _Pipeline(wds.DataPipeline):
                 count_skip(self.skipped, "corrupt_image", f"{item.shard}:{item.key}: {exc}")
                 continue
             rng = np.random.default_rng(seeds[i]) if seeds else None
-            arrays.append(self.transform(image, rng))
+            array = self.transform(image, rng)
+            arrays.append(self.augment(array, setting, rng) if setting is not None else array)
             labels.append(self.encoder.ids(item.meta.get("labels", [])))
             keys.append(item.key)
-        crop = self.transform.crop
+        crop = self.transform.crop if setting is None else setting.band
         stacked = np.stack(arrays) if arrays else np.zeros((0, crop, crop, 3), dtype=np.uint8)
         # Skips found while reading shards (before this call) are reported here too.
         new_skips, self._reported = self.skipped - self._reported, collections.Counter(self.skipped)
@@ -147,11 +150,18 @@ class _Pipeline(wds.DataPipeline):
 
 
 class TrainPipeline(_Pipeline):
-    """Endless shuffled, augmented batches of one rank, starting after ``start_batch`` batches."""
+    """Endless shuffled, augmented batches of one rank, starting after ``start_batch`` batches.
 
-    def __init__(self, source, cfg, encoder, rank, world_size, start_batch: int) -> None:
+    With a ``curriculum``, batch k (of this rank, since training began) gets the
+    stage of its optimizer step: its images are RandAugment-ed and cropped to
+    the stage's band (:mod:`data_tools.loader.curriculum`).
+    """
+
+    def __init__(self, source, cfg, encoder, rank, world_size, start_batch: int,
+                 curriculum: CurriculumSchedule | None = None) -> None:
         super().__init__(source, cfg, encoder, rank, world_size, train=True)
-        self.start_batch = start_batch
+        self.start_batch, self.curriculum = start_batch, curriculum
+        self.augment = CurriculumAugment(curriculum.config) if curriculum else None
 
     def _start(self) -> tuple[int, int, int]:
         """(logical worker, workers, positions that worker emitted before the start)."""
@@ -178,7 +188,10 @@ class TrainPipeline(_Pipeline):
         while True:
             chunk = list(itertools.islice(items, size))
             seeds = [[self.cfg.seed, self.rank, worker, position + i, 0xA06] for i in range(size)]
-            yield self._make_batch(chunk, seeds)
+            # This worker's j-th batch is the rank's batch worker + workers * j (round-robin).
+            setting = (self.curriculum.at_batch(worker + workers * (position // size))
+                       if self.curriculum else None)
+            yield self._make_batch(chunk, seeds, setting)
             position += size
 
 
@@ -289,13 +302,16 @@ def _encoder(source: Subset, cfg: LoaderConfig, num_classes: int, vocabulary) ->
 
 def make_train_loader(source: Any, cfg: LoaderConfig, *, num_classes: int,
                       vocabulary: Vocabulary | None = None, epoch: int = 0, samples_seen: int = 0,
-                      rank: int | None = None, world_size: int | None = None) -> StreamingLoader:
+                      rank: int | None = None, world_size: int | None = None,
+                      curriculum: CurriculumSchedule | None = None) -> StreamingLoader:
     """Shuffled, augmented training batches from a Subset, subset folder or shards folder.
 
     ``samples_seen`` is this rank's count within ``epoch`` (``loader.samples_seen``,
     a multiple of batch_size, equal on all ranks). ``vocabulary`` is the
     source (shards) vocabulary used for hierarchy closure (default: the
     shards' classes.json). rank/world_size default to torch.distributed's.
+    ``curriculum`` (EfficientTrain++) sizes and augments each batch by its
+    optimizer step; its ``crop`` must be this config's crop size.
     Memory per worker: shuffle_buffer encoded samples + prefetch batches.
     Resume cost: numpy replay of the shuffle picks plus reading the shards
     that still hold buffered samples (about shuffle_buffer * ln(shuffle_buffer) items).
@@ -313,8 +329,12 @@ def make_train_loader(source: Any, cfg: LoaderConfig, *, num_classes: int,
         raise DataError(f"samples_seen={samples_seen} is beyond an epoch of {per_epoch} batches")
     encoder = _encoder(subset, cfg, num_classes, vocabulary)
 
+    if curriculum is not None and curriculum.crop != cfg.crop_size:
+        raise ConfigError(f"curriculum: its full size {curriculum.crop} px is not data.loader's crop "
+                          f"{cfg.crop_size} px")
+
     def pipeline(start_batch: int) -> TrainPipeline:
-        return TrainPipeline(subset, cfg, encoder, rank, world_size, start_batch)
+        return TrainPipeline(subset, cfg, encoder, rank, world_size, start_batch, curriculum)
     return StreamingLoader(pipeline, cfg, per_epoch, epoch, samples_seen, train=True)
 
 

@@ -31,8 +31,9 @@ SPLIT_FANOUT = 16
 # rank, i.e. one key repeated: splitting further cannot help.
 _MIN_WIDTH = 2.0 ** -40
 
-# A record as stored: [rank, key, labels, true_labels, source, ref, ext, input_index]
-RANK, KEY, LABELS, TRUE, SOURCE, REF, EXT, INDEX = range(8)
+# A record as stored: [rank, key, labels, true_labels, source, ref, ext, input_index, kept]
+# (kept: the caption/url/sha256 dict of a tar or files sample, or None)
+RANK, KEY, LABELS, TRUE, SOURCE, REF, EXT, INDEX, KEPT = range(9)
 
 
 @dataclass

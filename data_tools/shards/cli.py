@@ -16,7 +16,8 @@ def _cmd_write(args) -> int:
                            progress=not args.quiet)
     skipped = sum(summary["skipped"].values())
     print(f"{summary['images']} images in {summary['shards']} shards -> {args.out}"
-          f" ({skipped} skipped: {summary['skipped'] or 'none'}; see card.md)")
+          f" ({summary.get('reencoded', 0)} re-encoded to JPEG; "
+          f"{skipped} skipped: {summary['skipped'] or 'none'}; see card.md)")
     return 0
 
 
@@ -39,9 +40,15 @@ def register_cli(subparsers: Any) -> None:
                        description="Write images as WebDataset shards in hash-rank order, so "
                        "that nested subsets are shard prefixes. INPUT is an image folder tree "
                        "(ROOT/CLASS/IMG), a .csv/.parquet/.jsonl manifest (image path + labels), "
-                       "a folder of .tar shards (WebDataset/img2dataset), or a synthetic world "
-                       "folder (--set split=eval for its eval set).")
-    write.add_argument("input", help="image folder tree, manifest file, tar folder or world")
+                       "a folder of .tar shards (WebDataset/img2dataset), an img2dataset "
+                       "'files' folder (00000/KEY.jpg + KEY.json), or a synthetic world folder "
+                       "(--set split=eval for its eval set). Tar and 'files' labels: "
+                       "labels_from=auto|cls|json|manifest; auto takes KEY.cls, else the "
+                       "labels_column field of KEY.json, or the labels_manifest=PATH sidecar "
+                       "(key_column + labels_column) when set. Captions are never labels; they "
+                       "are kept with url and sha256 in the output KEY.json (and KEY.txt).")
+    write.add_argument("input", help="image folder tree, manifest file, tar or files folder, "
+                                     "or world")
     write.add_argument("--out", required=True, help="output shards folder")
     locks_output(write)
     add_config_args(write, None, ShardsConfig)

@@ -75,15 +75,20 @@ def _noise_summary(pairs: list[tuple[int, int, int]]) -> dict:
             "noise_rate": 1.0 - correct / noisy if noisy else 0.0, "recall": correct / true if true else 0.0}
 
 
-def finalize_shards(out: Path, total: int, vocab: Vocabulary, state: dict, salt: str) -> dict:
+def finalize_shards(out: Path, total: int, vocab: Vocabulary, state: dict, salt: str,
+                    image_format: str = "original", jpeg_quality: int = 95) -> dict:
     """Assemble manifest.parquet from the shard parts, then sizes.json, classes.json and card.md.
 
-    Streams one part (one shard's rows) at a time. Returns the summary.
+    Streams one part (one shard's rows) at a time. Returns the summary; its
+    ``reencoded`` counts images stored as a re-encoded JPEG (``reencoded_from``
+    by source format) under ``image_format`` at ``jpeg_quality``.
     """
     parts = out / WORK_DIR / "parts"
     sizes: dict[str, int] = {}
     skipped = collections.Counter(state["skipped"])
-    reencoded = total_bytes = 0
+    kept: collections.Counter = collections.Counter()  # samples that kept a caption, url, sha256
+    reencoded: collections.Counter = collections.Counter()
+    total_bytes = 0
     tally = LabelTally(len(vocab), vocab)
     with atomic_path(out / "manifest.parquet") as tmp:
         with pq.ParquetWriter(tmp, manifest_schema(state["has_true"]),
@@ -101,15 +106,28 @@ def finalize_shards(out: Path, total: int, vocab: Vocabulary, state: dict, salt:
                 tally.add(table)
                 sizes[name] = stats["samples"]
                 skipped.update(stats["skipped"])
-                reencoded += stats["reencoded"]
+                kept.update(stats.get("kept", {}))
+                # Parts written before reencoded_from existed have only the total.
+                reencoded.update(stats.get("reencoded_from", {"other": stats["reencoded"]}))
                 total_bytes += stats["bytes"]
     write_json(out / "sizes.json", sizes)
     vocab.save(out / "classes.json")
     stats = tally.summary()
     summary = {"images": stats["images"], "shards": total, "salt": salt, "bytes": total_bytes,
-               "reencoded": reencoded, "skipped": dict(sorted(skipped.items())), "stats": stats}
+               "image_format": image_format, "jpeg_quality": jpeg_quality,
+               "reencoded": sum(reencoded.values()), "reencoded_from": dict(sorted((+reencoded).items())),
+               "kept": dict(sorted(kept.items())),
+               "skipped": dict(sorted(skipped.items())), "stats": stats}
     write_text(out / "card.md", card_markdown(summary, len(vocab)))
     return summary
+
+
+def _reencoded_line(summary: dict) -> str:
+    sources = ", ".join(f"{n:,} {fmt.upper()}" for fmt, n in summary.get("reencoded_from", {}).items())
+    why = ("`image_format=jpeg`: every image stored as JPEG"
+           if summary.get("image_format") == "jpeg" else "formats WebDataset readers do not take as is")
+    return (f"- re-encoded to JPEG at quality {summary.get('jpeg_quality', 95)} ({why}): "
+            f"{summary['reencoded']:,}" + (f" ({sources})" if sources else ""))
 
 
 def card_markdown(summary: dict, num_classes: int) -> str:
@@ -125,9 +143,11 @@ def card_markdown(summary: dict, num_classes: int) -> str:
         f"{tail['classes_lt_100']:,} fewer than 100 (median {tail['median_class_images']:g}, "
         f"max {tail['max_class_images']:,})",
         f"- hash-rank salt: `{summary['salt']}`; shards are in increasing rank",
-        f"- re-encoded to JPEG (formats WebDataset readers do not take as is): "
-        f"{summary['reencoded']:,}",
+        _reencoded_line(summary),
     ]
+    if summary.get("kept"):
+        lines.append("- kept from the input (KEY.json fields; the caption also as KEY.txt): "
+                     + ", ".join(f"{name} {count:,}" for name, count in summary["kept"].items()))
     if "noise" in stats:
         noise = stats["noise"]
         lines.append(f"- measured label noise (given labels that are wrong): "

@@ -1,12 +1,14 @@
 """Input readers for ``datascale shards write``: every kind of input as one record stream.
 
 A reader turns an input (an image folder tree, a CSV/Parquet/JSONL manifest,
-existing WebDataset/img2dataset shards, or a synthetic world) into
+or a synthetic world here; WebDataset tars and img2dataset folders in
+:mod:`data_tools.shards.samples`) into
 :class:`SourceRecord` s: a key, raw labels (names or ids), optional true
 labels, and a reference to the encoded image bytes (a file path, or a byte
 range inside a tar). Readers never load image bytes, so the first pass over a
 300M-image input costs metadata only. Readers are registered by name in
-:data:`READERS`; ``detect_format`` picks one for ``format: auto``.
+:data:`data_tools.shards.readers.READERS`; ``detect_format`` there picks one
+for ``format: auto``.
 """
 
 from __future__ import annotations
@@ -15,16 +17,14 @@ import collections
 import csv
 import json
 import logging
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pandas as pd
 import pyarrow.parquet as pq
 
 from datascale.errors import DataError, count_skip
-from datascale.formats.wds import split_member
 from data_tools.ranks import sanitize_key
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class SourceRecord:
     source: str             # where it came from, for people (relative path or tar member)
     ref: str                # how to fetch the bytes: see :func:`read_ref`
     ext: str                # extension as named by the input (the writer re-detects the format)
+    kept: dict | None = None  # caption, url, sha256 carried to the output sample (tar/files input)
 
 
 def read_ref(ref: str) -> bytes:
@@ -130,7 +131,7 @@ def iter_parquet_batches(path: str | Path, columns: list[str] | None = None,
     return reader.iter_batches(batch_size=batch_rows, columns=columns, row_groups=row_groups)
 
 
-def _manifest_rows(path: Path, batch_rows: int = 65536) -> Iterator[dict]:
+def manifest_rows(path: Path, batch_rows: int = 65536) -> Iterator[dict]:
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         for batch in iter_parquet_batches(path, batch_rows=batch_rows):
@@ -150,7 +151,7 @@ def _manifest_rows(path: Path, batch_rows: int = 65536) -> Iterator[dict]:
         raise DataError(f"{path}: manifest must be .csv, .parquet or .jsonl")
 
 
-def _manifest_columns(path: Path) -> list[str] | None:
+def manifest_columns(path: Path) -> list[str] | None:
     """Column names without reading the data (None for JSONL, checked per row)."""
     if path.suffix.lower() == ".parquet":
         return pq.ParquetFile(path).schema_arrow.names
@@ -160,7 +161,7 @@ def _manifest_columns(path: Path) -> list[str] | None:
     return None
 
 
-def _missing_column(path: Path, column: str, option: str, available: list[str]) -> DataError:
+def missing_column(path: Path, column: str, option: str, available: list[str]) -> DataError:
     return DataError(f"{path}: no column '{column}' (columns: {', '.join(map(str, available))}); "
                      f"name the right one with --set {option}=COLUMN")
 
@@ -169,12 +170,12 @@ def read_manifest(path: Path, options: Any, skipped: collections.Counter,
                   source_tag: str = "manifest") -> Iterator[SourceRecord]:
     """A manifest with an image path and a list of labels per row (paths relative to its folder)."""
     image_col, labels_col = options.image_column, options.labels_column
-    columns = _manifest_columns(path)
+    columns = manifest_columns(path)
     for column, option in ((image_col, "image_column"), (labels_col, "labels_column")):
         if columns is not None and column not in columns:
-            raise _missing_column(path, column, option, columns)
+            raise missing_column(path, column, option, columns)
     base = path.parent
-    for number, row in enumerate(_manifest_rows(path), 1):
+    for number, row in enumerate(manifest_rows(path), 1):
         for column, option in ((image_col, "image_column"), (labels_col, "labels_column")):
             if column not in row:
                 raise DataError(f"{path}: row {number} has no '{column}' field (fields: "
@@ -186,73 +187,6 @@ def read_manifest(path: Path, options: Any, skipped: collections.Counter,
                            None if true is None else parse_labels(true),
                            f"{source_tag}:{rel}", str(base / rel),
                            rel.rsplit(".", 1)[-1].lower() if "." in rel else "")
-
-
-# --------------------------------------------------------------------------- tars
-
-
-def _labels_from_members(members: dict[str, bytes]) -> tuple[list, list | None]:
-    if "json" in members:
-        meta = json.loads(members["json"].decode("utf-8"))
-        if not isinstance(meta, dict):
-            raise ValueError(f"KEY.json holds a JSON {type(meta).__name__}, not an object "
-                             'with "labels"')
-        raw = meta.get("labels", meta.get("label"))
-        true = meta.get("true_labels")
-        return parse_labels(raw), (None if true is None else parse_labels(true))
-    if "cls" in members:
-        return parse_labels(members["cls"].decode("utf-8").replace("\n", ";")), None
-    if "txt" in members:
-        return parse_labels(members["txt"].decode("utf-8").strip().replace("\n", ";")), None
-    return [], None
-
-
-def _tar_groups(path: Path, skipped: collections.Counter) -> Iterator[tuple[str, dict, dict]]:
-    """(key, {ext: (offset, size)} of images, {ext: bytes} of label members) per sample."""
-    size_on_disk = path.stat().st_size
-    current, images, small = None, {}, {}
-    try:
-        with tarfile.open(path, mode="r:") as tar:
-            for info in tar:
-                if not info.isreg() or "." not in info.name.rsplit("/", 1)[-1]:
-                    continue
-                prefix, ext = split_member(info.name)
-                if prefix != current:
-                    if current is not None:
-                        yield current, images, small
-                    current, images, small = prefix, {}, {}
-                if info.offset_data + info.size > size_on_disk:
-                    count_skip(skipped, "truncated_member", f"{path.name}:{info.name}")
-                elif ext in IMAGE_EXTENSIONS:
-                    images[ext] = (info.offset_data, info.size)
-                elif ext in ("json", "cls", "txt"):
-                    small[ext] = tar.extractfile(info).read()
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        count_skip(skipped, "truncated_tar", f"{path.name}: {exc}")
-    if current is not None:
-        yield current, images, small
-
-
-def read_wds(root: Path, options: Any, skipped: collections.Counter) -> Iterator[SourceRecord]:
-    """Existing WebDataset / img2dataset shards: image (jpg/png/webp/...) + json, cls or txt."""
-    tars = sorted(root.rglob("*.tar")) if root.is_dir() else [root]
-    if not tars:
-        raise DataError(f"{root}: no .tar shards found")
-    for tar_path in tars:
-        for key, images, small in _tar_groups(tar_path, skipped):
-            where = f"{tar_path.name}:{key}"
-            if not images:
-                count_skip(skipped, "no_image_member", where)
-                continue
-            try:
-                labels, true = _labels_from_members(small)
-            except (ValueError, TypeError, DataError) as exc:  # undecodable, not JSON, not labels
-                count_skip(skipped, "bad_label_member", f"{where}: {exc}")
-                continue
-            ext = sorted(images)[0]
-            offset, size = images[ext]
-            yield SourceRecord(sanitize_key(key), labels, true, where,
-                               f"tar:{offset}:{size}:{tar_path}", ext)
 
 
 # --------------------------------------------------------------------------- synthetic world
@@ -270,30 +204,3 @@ def read_world(root: Path, options: Any, skipped: collections.Counter) -> Iterat
     """A synthetic world: ``WORLD/{split}/labels.jsonl`` (+ true labels) and ``WORLD/classes.json``."""
     return read_manifest(world_manifest(root, options.split), options, skipped,
                          source_tag=f"world:{options.split}")
-
-
-READERS: dict[str, Callable[[Path, Any, collections.Counter], Iterator[SourceRecord]]] = {
-    "folder": read_folder,
-    "manifest": read_manifest,
-    "wds": read_wds,
-    "world": read_world,
-}
-
-
-def detect_format(path: Path) -> str:
-    """Guess the input format of ``path`` for ``format: auto``."""
-    if not path.exists():
-        raise DataError(f"input not found: {path}")
-    if path.is_file():
-        if path.suffix.lower() == ".tar":
-            return "wds"
-        if path.suffix.lower() in (".csv", ".parquet", ".jsonl", ".ndjson"):
-            return "manifest"
-        raise DataError(f"{path}: cannot tell the input format; pass --set format=...")
-    if (path / "classes.json").is_file() and (path / "pretrain" / "labels.jsonl").is_file():
-        return "world"
-    if any(path.glob("*.tar")):
-        return "wds"
-    if not any(path.iterdir()):
-        raise DataError(f"{path}: the input folder is empty")
-    return "folder"

@@ -1,9 +1,10 @@
 """Images -> WebDataset shards in hash-rank order (``datascale shards write``).
 
 Any input (image folders, a CSV/Parquet/JSONL manifest, existing WebDataset or
-img2dataset shards, a synthetic world) becomes::
+img2dataset tars, an img2dataset ``files`` folder, a synthetic world) becomes::
 
-    SHARDS/shard-000000.tar ...  KEY.jpg (original bytes where possible) + KEY.json
+    SHARDS/shard-000000.tar ...  KEY.jpg (original bytes where possible) + KEY.json [+ KEY.txt]
+                                 (``image_format=jpeg``: every image a KEY.jpg)
     SHARDS/manifest.parquet      key, shard, labels, rank, bytes, sha1, ext [, true_labels]
     SHARDS/sizes.json, classes.json, card.md, config.yaml, complete.json
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import hashlib
+import io
 import json
 import logging
 import multiprocessing
@@ -29,24 +31,28 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 from tqdm import tqdm
 
 from datascale.atomic import atomic_path, write_json
 from datascale.config import to_dict
-from datascale.errors import DataError
-from datascale.lineage import config_record, mark_complete, prepare_output_dir
+from datascale.errors import DatascaleError, DataError
+from datascale.lineage import abandon_output_dir, config_record, mark_complete, prepare_output_dir
 from datascale.lock import HOUSEKEEPING
 from data_tools.shards import buckets as buckets_mod
 from data_tools.labels import Vocabulary
 from data_tools.shards.config import ShardsConfig
 from data_tools.shards.manifest import WORK_DIR, load_manifest, manifest_schema, shard_name
 from data_tools.ranks import sample_rank, sample_ranks
-from data_tools.shards.buckets import KEY, LABELS, RANK, REF, SOURCE, TRUE
+from data_tools.shards.buckets import KEPT, KEY, LABELS, RANK, REF, SOURCE, TRUE
 from datascale.formats.wds import (ImageCheckError, ShardSample, check_image, iter_shard_samples,
                                  write_tar)
-from data_tools.shards.sources import READERS, count_skip, detect_format, folder_class_names, read_ref
+from data_tools.shards.label_source import CAPTION_FIELD, SAMPLE_FORMATS, check_label_config
+from data_tools.shards.readers import READERS, detect_format
+from data_tools.shards.sources import count_skip, folder_class_names, read_ref
 
 __all__ = ["ShardsConfig", "ShardSample", "iter_shard_samples", "load_manifest",
            "sample_rank", "sample_ranks", "shard_name", "write_shards"]
@@ -68,7 +74,9 @@ def _resolve_vocabulary(fmt: str, source: Path, cfg: ShardsConfig) -> Vocabulary
     for record in READERS[fmt](source, cfg, collections.Counter()):
         names.update(record.labels)
     if not names:
-        raise DataError(f"{source}: no labels found; check labels_column or pass --set classes=...")
+        where = ("labels_from / labels_column / labels_manifest" if fmt in SAMPLE_FORMATS
+                 else "labels_column")
+        raise DataError(f"{source}: no labels found; check {where}, or pass --set classes=...")
     kinds = {isinstance(n, int) for n in names}
     if len(kinds) > 1:
         raise DataError(f"{source}: labels mix class ids and class names; give a classes.json "
@@ -115,7 +123,7 @@ def _bucket_pass(fmt: str, source: Path, cfg: ShardsConfig, vocab: Vocabulary, w
             true = _label_ids(rec.true_labels, vocab, cfg, skipped, rec.source)
             has_true = True
         writer.add([sample_rank(rec.key, cfg.salt), rec.key, ids, true, rec.source, rec.ref,
-                    rec.ext, index])
+                    rec.ext, index, rec.kept])
     leaves = []
     for bucket in writer.close():
         leaves.extend(buckets_mod.split_bucket(bucket, cfg.bucket_records))
@@ -127,32 +135,83 @@ def _bucket_pass(fmt: str, source: Path, cfg: ShardsConfig, vocab: Vocabulary, w
 # --------------------------------------------------------------------------- pass 2
 
 
+def to_jpeg(data: bytes, quality: int) -> bytes:
+    """Encoded image bytes re-encoded as an RGB JPEG at ``quality``.
+
+    Transparency (RGBA, LA, palette with a transparent colour) is composited
+    on white, not dropped (dropping alpha shows whatever colour the
+    transparent pixels happen to hold); 16-bit images are scaled to 8 bits;
+    the ICC profile is kept. Raises ImageCheckError for undecodable bytes.
+    """
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        if image.mode.startswith("I") or image.mode == "F":  # 16/32-bit grey: scale, not clip
+            grey = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0 if image.mode != "F" else 1)
+            image = Image.fromarray(np.clip(grey, 0, 255).round().astype(np.uint8))
+        if image.mode == "P" and "transparency" in image.info:
+            image = image.convert("RGBA")
+        if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+            rgba = image.convert("RGBA")
+            image = Image.new("RGB", rgba.size, (255, 255, 255))
+            image.paste(rgba, mask=rgba.getchannel("A"))
+        out = io.BytesIO()
+        image.convert("RGB").save(out, format="JPEG", quality=quality,
+                                  icc_profile=image.info.get("icc_profile"))
+        return out.getvalue()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageCheckError(f"not a decodable image ({exc})") from None
+
+
+def stored_image(raw: bytes, decode: bool, image_format: str, quality: int
+                 ) -> tuple[bytes, str, str | None]:
+    """(bytes to store, member extension, source format if re-encoded else None).
+
+    JPEG/PNG/WebP bytes are kept unless ``image_format`` is ``"jpeg"``; any
+    format WebDataset readers do not take as is is always re-encoded to JPEG,
+    at ``quality``. Raises ImageCheckError for bytes that are not an image.
+    """
+    data, ext, changed = check_image(raw, decode=decode)
+    if not changed and (image_format != "jpeg" or ext == "jpg"):
+        return data, ext, None
+    # Re-encode from the original bytes (check_image's own re-encode has a fixed quality
+    # and drops alpha), so every re-encoded member is made the same way.
+    source = (ext if not changed else str(Image.open(io.BytesIO(raw)).format)).lower()
+    return to_jpeg(raw, quality), "jpg", source
+
+
 def _write_shard(task: dict) -> dict:
     """Worker: write one shard (tar + manifest part + stats), atomically. Returns its stats."""
     out, name, decode = Path(task["out"]), task["name"], task["decode"]
     skipped = collections.Counter(task["skipped"])
     rows: list[dict] = []
-    reencoded = 0
+    reencoded: collections.Counter = collections.Counter()  # source format -> images
+    kept_counts: collections.Counter = collections.Counter()
 
-    def samples() -> Iterator[tuple[str, str, bytes, dict]]:
-        nonlocal reencoded
+    def samples() -> Iterator[tuple[str, str, bytes, dict, dict]]:
         for rec in task["records"]:
             try:
-                data, ext, changed = check_image(read_ref(rec[REF]), decode=decode)
+                data, ext, source_format = stored_image(read_ref(rec[REF]), decode,
+                                                        task["image_format"], task["jpeg_quality"])
             except OSError as exc:
                 count_skip(skipped, "unreadable_image", f"{rec[SOURCE]}: {exc}")
                 continue
             except ImageCheckError as exc:
                 count_skip(skipped, "corrupt_image", f"{rec[SOURCE]}: {exc}")
                 continue
-            reencoded += changed
+            if source_format is not None:
+                reencoded[source_format] += 1
             meta = {"labels": rec[LABELS], "rank": rec[RANK], "source": rec[SOURCE]}
             row = {"key": rec[KEY], "shard": name, "labels": rec[LABELS], "rank": rec[RANK],
                    "bytes": len(data), "sha1": hashlib.sha1(data).hexdigest(), "ext": ext}
             if task["has_true"]:
                 meta["true_labels"] = row["true_labels"] = rec[TRUE] or []
             rows.append(row)
-            yield rec[KEY], ext, data, meta
+            kept = rec[KEPT] if len(rec) > KEPT and rec[KEPT] else {}
+            meta.update(kept)  # caption, url, sha256 of the input sample
+            kept_counts.update(kept.keys())
+            members = {"txt": kept[CAPTION_FIELD].encode("utf-8")} if CAPTION_FIELD in kept else {}
+            yield rec[KEY], ext, data, meta, members
 
     parts = out / WORK_DIR / "parts"
     with atomic_path(out / name) as tmp:
@@ -160,13 +219,14 @@ def _write_shard(task: dict) -> dict:
         table = pa.Table.from_pylist(rows, schema=manifest_schema(task["has_true"]))
         with atomic_path(parts / f"{name}.parquet") as part:
             pq.write_table(table, part)
-        stats = {"samples": len(rows), "skipped": dict(skipped), "reencoded": reencoded,
-                 "bytes": sum(r["bytes"] for r in rows)}
+        stats = {"samples": len(rows), "skipped": dict(skipped),
+                 "reencoded": sum(reencoded.values()), "reencoded_from": dict(reencoded),
+                 "bytes": sum(r["bytes"] for r in rows), "kept": dict(kept_counts)}
         write_json(parts / f"{name}.json", stats)
     return stats
 
 
-def _shard_tasks(out: Path, groups: list[dict], state: dict, decode: bool) -> Iterator[dict]:
+def _shard_tasks(out: Path, groups: list[dict], state: dict, cfg: ShardsConfig) -> Iterator[dict]:
     """One task per shard not yet written, loading one group of records at a time."""
     parts = out / WORK_DIR / "parts"
     for group in groups:
@@ -182,8 +242,10 @@ def _shard_tasks(out: Path, groups: list[dict], state: dict, decode: bool) -> It
             if (out / name).is_file() and (parts / f"{name}.json").is_file():
                 continue
             # Duplicates are charged to the group's first shard, so they are counted once.
-            yield {"out": str(out), "name": name, "records": chunk, "decode": decode,
-                   "has_true": state["has_true"], "skipped": dict(dup_skips) if j == 0 else {}}
+            yield {"out": str(out), "name": name, "records": chunk,
+                   "decode": cfg.image_check == "decode", "image_format": cfg.image_format,
+                   "jpeg_quality": cfg.jpeg_quality, "has_true": state["has_true"],
+                   "skipped": dict(dup_skips) if j == 0 else {}}
 
 
 def _run_tasks(tasks: Iterator[dict], workers: int, total: int, progress: bool) -> None:
@@ -234,6 +296,8 @@ def _lineage(fmt: str, source: Path, cfg: ShardsConfig) -> dict:
         config["input_listing_sha256"] = digest.hexdigest()
     if cfg.classes:
         inputs["classes"] = Path(cfg.classes)
+    if cfg.labels_manifest:
+        inputs["labels_manifest"] = Path(cfg.labels_manifest)
     return config_record(STAGE, config, inputs)
 
 
@@ -251,7 +315,9 @@ def write_shards(source: str | Path, out_dir: str | Path, cfg: ShardsConfig | No
     Output: the shards folder of docs/formats.md; returns the summary also
     stored in ``complete.json`` (images, shards, skipped counts by reason).
     Re-running with the same config resumes an interrupted run or returns at
-    once if it finished; another config raises unless ``force``.
+    once if it finished; another config raises unless ``force``. An input or
+    config error before the first shard is written empties ``out_dir`` again,
+    so the corrected command needs no ``force``.
     Memory: at most ``cfg.bucket_records`` metadata records per process (see
     :mod:`data_tools.shards.buckets`) plus one image per worker.
     Time: one metadata pass, then read + check + write each image once.
@@ -262,11 +328,27 @@ def write_shards(source: str | Path, out_dir: str | Path, cfg: ShardsConfig | No
     if not source.exists():
         raise DataError(f"input not found: {source}")
     fmt = detect_format(source) if cfg.format == "auto" else cfg.format
+    check_label_config(fmt, cfg)
     record = _lineage(fmt, source, cfg)
     state_of_dir = prepare_output_dir(out, record, force=force)
     if state_of_dir == "complete":
         log.info("%s already holds these shards (complete.json); nothing to do", out)
         return json.loads((out / "complete.json").read_text(encoding="utf-8"))
+    try:
+        return _write_into(fmt, source, out, cfg, state_of_dir, progress)
+    except DatascaleError:
+        # An input or config error before the first shard: leave nothing (no config.yaml)
+        # that would refuse the corrected command. Other failures (an interrupt, a full
+        # disk) keep the folder, so the same command resumes.
+        if not any(out.glob("shard-*.tar")):
+            log.info("nothing written; emptying %s so that a corrected run can start", out)
+            abandon_output_dir(out)
+        raise
+
+
+def _write_into(fmt: str, source: Path, out: Path, cfg: ShardsConfig, state_of_dir: str,
+                progress: bool) -> dict:
+    """The body of :func:`write_shards` once the output folder is prepared."""
     work = out / WORK_DIR
     _clean_stale_temporaries(out)
     vocab = _resolve_vocabulary(fmt, source, cfg)
@@ -284,10 +366,11 @@ def write_shards(source: str | Path, out_dir: str | Path, cfg: ShardsConfig | No
     todo = sum(1 for i in range(total) if not (out / shard_name(i)).is_file()
                or not (work / "parts" / f"{shard_name(i)}.json").is_file())
     workers = cfg.workers or os.cpu_count() or 1
-    _run_tasks(_shard_tasks(out, groups, state, cfg.image_check == "decode"),
+    _run_tasks(_shard_tasks(out, groups, state, cfg),
                min(workers, todo), todo, progress)
     from data_tools.shards.report import finalize_shards
-    summary = finalize_shards(out, total, vocab, state, salt=cfg.salt)
+    summary = finalize_shards(out, total, vocab, state, salt=cfg.salt,
+                              image_format=cfg.image_format, jpeg_quality=cfg.jpeg_quality)
     if summary["images"] == 0:
         raise DataError(f"{source}: no usable images: every input was skipped "
                         f"({summary['skipped']}); see the warnings above")

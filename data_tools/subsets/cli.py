@@ -19,7 +19,9 @@ def register_cli(subparsers: Any) -> None:
                       description="Cut nested subsets of a shards folder: each is a hash-rank "
                       "prefix of the shards (10M < 30M < 100M < 300M), optionally restricted to "
                       "some classes. Writes SUBSETS/NAME/{subset.json, manifest.parquet, "
-                      "stats.json, classes.json}.")
+                      "stats.json, classes.json} and, for plain webdataset and open_clip, "
+                      "urls.txt and shards/ (links to the full shards, the boundary shard cut "
+                      "to the subset, sizes.json).")
     make.add_argument("shards", help="shards folder written by `datascale shards write`")
     make.add_argument("--out", required=True, help="folder for the subset folders")
     locks_output(make)
@@ -37,6 +39,8 @@ def _cmd_make(args) -> int:
     cfg = config_from_args(SubsetsConfig, args)
     subsets = make_subsets(args.shards, args.out, cfg, force=args.force, progress=not args.quiet)
     for subset in subsets:
+        urls = Path(args.out) / subset.name / "urls.txt"
         print(f"{subset.name}: {subset.images:,} images, {len(subset.shards)} shards, "
-              f"max_rank {subset.max_rank:.6g} -> {Path(args.out) / subset.name}")
+              f"max_rank {subset.max_rank:.6g} -> {Path(args.out) / subset.name}"
+              + (f" (webdataset: {urls})" if urls.is_file() else ""))
     return 0

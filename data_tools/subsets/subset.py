@@ -8,7 +8,8 @@ only the labels of given classes (the paper's 941-class ablation), renumber
 them 0..K-1 and drop images left without a label. Writes, per subset::
 
     SUBSETS/NAME/subset.json, manifest.parquet, stats.json, classes.json,
-                 config.yaml, complete.json
+                 config.yaml, complete.json,
+                 urls.txt, shards/ (what plain WebDataset reads: data_tools.subsets.wds_view)
 
 Everything streams over the shards manifest in pyarrow batches and uses the
 stored ranks; a 300M-row manifest is never held in memory.
@@ -86,6 +87,10 @@ class Subset:
     classes: list[int] | None = None    # kept source class ids; subset class i = classes[i]
     fraction: float = 1.0
     folder: Path | None = None
+    # With ``classes``: True keeps the images with no kept label (negatives for every class),
+    # as an eval set read in a class-restricted subset's label space must; its shard counts
+    # are of every image. False (a class-restricted subset): such images are not in it.
+    keep_unlabelled: bool = False
 
     @property
     def path(self) -> Path:
@@ -154,7 +159,7 @@ class Subset:
                                              verify_images=verify_images):
                 if table is not None:
                     labels = subset_labels(sample.meta.get("labels", []), table)
-                    if not labels:
+                    if not labels and not self.keep_unlabelled:
                         continue
                     sample.meta["source_labels"] = sample.meta["labels"]
                     sample.meta["labels"] = labels

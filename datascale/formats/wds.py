@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, NamedTuple
 
 from PIL import Image
 
-from datascale.errors import count_skip
+from datascale.errors import DataError, count_skip
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +83,59 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def write_tar(path: Path, samples: Iterable[tuple[str, str, bytes, dict]]) -> int:
-    """Write ``(key, ext, image bytes, meta)`` samples to a tar at ``path``; returns the count.
+def write_tar(path: Path, samples: Iterable[tuple]) -> int:
+    """Write ``(key, ext, image bytes, meta[, {ext: bytes}])`` samples to a tar at ``path``.
 
+    Each sample becomes ``KEY.EXT`` + ``KEY.json`` (``meta``), then any extra
+    members in extension order (``KEY.txt`` for a caption); returns the count.
     The caller renames the file into place (see :mod:`datascale.atomic`);
     this function only writes. Streaming: one sample in memory at a time.
     """
     count = 0
     with tarfile.open(path, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, ext, image, meta in samples:
+        for key, ext, image, meta, *extra in samples:
             text = json.dumps(meta, sort_keys=True, allow_nan=False).encode("utf-8")
             tar.addfile(_tarinfo(f"{key}.{ext}", len(image)), io.BytesIO(image))
             tar.addfile(_tarinfo(f"{key}.json", len(text)), io.BytesIO(text))
+            for member, data in sorted((extra[0] if extra else {}).items()):
+                tar.addfile(_tarinfo(f"{key}.{member}", len(data)), io.BytesIO(data))
+            count += 1
+    return count
+
+
+def iter_member_groups(path: str | Path) -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
+    """(key, [(member name, bytes), ...]) per sample of a tar, in tar order, as stored.
+
+    For copying samples byte for byte (a subset's boundary shard). Members
+    are grouped by WebDataset's key rule. Memory: one sample. Raises
+    DataError when the tar is missing or damaged.
+    """
+    key, members = None, []
+    try:
+        with open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
+            for info in tar:
+                if not info.isreg():
+                    continue
+                member_key = split_member(info.name)[0]
+                if members and member_key != key:
+                    yield key, members
+                    members = []
+                key = member_key
+                members.append((info.name, tar.extractfile(info).read()))
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read the tar ({exc}); run `datascale shards verify`") from None
+    if members:
+        yield key, members
+
+
+def write_members(path: Path, samples: Iterable[list[tuple[str, bytes]]]) -> int:
+    """Write samples given as [(member name, bytes), ...] to a tar at ``path``, with the same
+    fixed headers as :func:`write_tar` (same input, same bytes). Returns the sample count."""
+    count = 0
+    with tarfile.open(path, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for members in samples:
+            for name, data in members:
+                tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
             count += 1
     return count
 

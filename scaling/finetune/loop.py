@@ -21,7 +21,13 @@ on ``train.random_bn_batches`` training batches (``estimate_batchnorm_stats``).
 
 A run folder is resumable in the lineage sense only: a complete run with the
 same config and inputs is skipped; an interrupted one is restarted from step
-0 (demo runs take seconds, so no mid-run checkpoints are written).
+0 (demo runs take seconds, so no mid-run checkpoints are written). The final
+task model is saved as ``model.pt`` (a plain state dict, read back with
+``torch.load(weights_only=True)``) with ``model.json`` (what rebuilds it), so
+a run can be a teacher for ``datascale selftrain``.
+
+``datascale selftrain`` runs this same loop with :class:`PseudoData`: every
+step then adds the loss of a batch of pseudo-labelled images, weighted.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import math
 import os
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,7 +46,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from datascale.atomic import write_json
+from datascale.atomic import atomic_path, write_json
 from datascale.errors import DatascaleError, DataError
 from datascale.lineage import config_record, mark_complete, prepare_output_dir, sha256_file
 from datascale.metrics_log import MetricsLog
@@ -54,6 +61,34 @@ log = logging.getLogger(__name__)
 METRICS_LOG = "metrics.jsonl"
 METRICS_FILE = "metrics.json"
 FAILED_FILE = "failed.json"
+MODEL_FILE = "model.pt"
+MODEL_META = "model.json"
+
+
+@dataclass
+class PseudoData:
+    """Pseudo-labelled training images beside the labelled ones (``datascale selftrain``).
+
+    ``dataset`` yields items in the task's training format. Each step adds
+    ``weight`` x the loss of ``batch_size`` of them; with ``normalise`` that
+    loss is first scaled by (running mean of the labelled loss) / (running mean
+    of the pseudo loss), so the two start on one scale (Zoph et al. 2020's loss
+    normalisation; the running means use momentum 0.9 and carry no gradient).
+    """
+
+    dataset: Any
+    batch_size: int
+    weight: float = 1.0
+    normalise: bool = False
+    _means: list = field(default_factory=lambda: [0.0, 0.0])
+
+    def scale(self, labelled: float, pseudo: float) -> float:
+        if not self.normalise:
+            return self.weight
+        first = self._means == [0.0, 0.0]
+        self._means = [value if first else 0.9 * old + 0.1 * value
+                       for old, value in zip(self._means, (labelled, pseudo))]
+        return self.weight * self._means[0] / max(self._means[1], 1e-12)
 
 
 # --------------------------------------------------------------------------- optimizers
@@ -127,12 +162,15 @@ def run_lineage(cfg: FinetuneConfig, meta: dict) -> dict:
     return {
         "task": cfg.task, "mode": cfg.mode, "seed": cfg.seed, "arch": meta.get("arch", cfg.arch),
         "init": cfg.init, "pretrain_run": pretrain_run,
+        "augment": cfg.train.augment, "augment_magnitude": cfg.train.augment_magnitude,
+        "labelled_fraction": cfg.data.labelled_fraction,
         "subset_name": source.get("subset_name"), "subset_images": source.get("subset_images"),
         "num_classes": meta.get("num_classes"), "steps": cfg.train.steps,
         "pretrain_steps": source.get("steps"),
         # What the schedule bought the backbone (scaling.pretrain.loop.training_budget).
         **{key: source.get(key) for key in ("pretrain_passes", "pretrain_map_gain", "pretrain_converged",
-                                            "budget", "classes", "pretrain_seed", "init_from")},
+                                            "budget", "classes", "pretrain_seed", "init_from",
+                                            "curriculum")},
         "backbone": str(weights.resolve()) if weights else None,
         "backbone_sha256": sha256_file(weights) if weights else None,
     }
@@ -147,7 +185,26 @@ def _batches(loader):
         yield from loader
 
 
-def train(task, model, train_set, cfg: FinetuneConfig, metrics: MetricsLog, progress: dict) -> None:
+def _loader(task, dataset, cfg: FinetuneConfig, batch_size: int, seed: int):
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, collate_fn=task.collate,
+        generator=torch.Generator().manual_seed(seed), num_workers=cfg.data.num_workers,
+        drop_last=len(dataset) > batch_size,
+        persistent_workers=cfg.data.num_workers > 0)  # workers keep their image caches across passes
+
+
+def _step_terms(task, model, batches, pseudo: PseudoData | None, pseudo_batches) -> dict:
+    """The named loss terms of one step: the labelled batch's, then the pseudo batch's (scaled)."""
+    terms = task.loss(model, next(batches))
+    if pseudo is not None:
+        pseudo_terms = task.loss(model, next(pseudo_batches))
+        factor = pseudo.scale(float(sum(terms.values()).detach()), float(sum(pseudo_terms.values()).detach()))
+        terms.update({f"pseudo_{k}": factor * v for k, v in pseudo_terms.items()})
+    return terms
+
+
+def train(task, model, train_set, cfg: FinetuneConfig, metrics: MetricsLog, progress: dict,
+          pseudo: PseudoData | None = None) -> None:
     """Run ``cfg.train.steps`` optimizer steps; log to metrics.jsonl every ``log_every`` steps.
 
     Raises DatascaleError when the loss becomes NaN or inf. Memory: one batch
@@ -157,18 +214,15 @@ def train(task, model, train_set, cfg: FinetuneConfig, metrics: MetricsLog, prog
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = OPTIMIZERS[t.optimizer](params, t)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, t))
-    generator = torch.Generator().manual_seed(cfg.seed)
-    loader = torch.utils.data.DataLoader(
-        train_set, batch_size=t.batch_size, shuffle=True, collate_fn=task.collate, generator=generator,
-        num_workers=cfg.data.num_workers, drop_last=len(train_set) > t.batch_size,
-        persistent_workers=cfg.data.num_workers > 0)  # workers keep their image caches across passes
-    batches = _batches(loader)
+    batches = _batches(_loader(task, train_set, cfg, t.batch_size, cfg.seed))
+    pseudo_batches = (_batches(_loader(task, pseudo.dataset, cfg, pseudo.batch_size, cfg.seed + 1))
+                      if pseudo is not None else None)
     model.train()
     started = time.perf_counter()
     bar = tqdm(range(1, t.steps + 1), desc=f"finetune {task.name} ({cfg.mode})", unit="step", disable=None)
     for step in bar:
         progress["step"] = step
-        terms = task.loss(model, next(batches))
+        terms = _step_terms(task, model, batches, pseudo, pseudo_batches)
         loss = sum(terms.values())
         if not torch.isfinite(loss):
             values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
@@ -246,13 +300,32 @@ def prepare(task, cfg: FinetuneConfig, backbone, meta: dict) -> tuple[Any, Any, 
     return task.build_model(backbone, cfg, train_set, meta), train_set, tests
 
 
+def save_model(out_dir: Path, model, cfg: FinetuneConfig, meta: dict) -> None:
+    """``model.pt`` (the task model's state dict) and ``model.json`` (task, arch, image statistics)."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    with atomic_path(out_dir / MODEL_FILE) as tmp:
+        torch.save(state, tmp)
+    write_json(out_dir / MODEL_META, {"task": cfg.task, "arch": meta.get("arch", cfg.arch),
+                                      **{k: list(meta[k]) for k in ("image_mean", "image_std") if k in meta}})
+
+
 def train_and_evaluate(task, cfg: FinetuneConfig, backbone, meta: dict, out_dir: Path,
-                       progress: dict) -> tuple[dict, dict]:
-    """prepare, train, evaluate every test set. Returns (metrics by test set, skip counts)."""
+                       progress: dict, pseudo_data: Callable | None = None) -> tuple[dict, dict, dict]:
+    """prepare, train, evaluate every test set, save the model.
+
+    ``pseudo_data(task, cfg, train_set)``: the :class:`PseudoData` to train beside the
+    labelled set (self-training), or None. Returns (metrics by test set, skip counts,
+    training data facts for metrics.json).
+    """
     model, train_set, tests = prepare(task, cfg, backbone, meta)
+    pseudo = pseudo_data(task, cfg, train_set) if pseudo_data is not None else None
+    data = {"labelled_fraction": cfg.data.labelled_fraction, "labelled_images": task.train_images(train_set)}
+    if pseudo is not None:
+        data["pseudo_images"] = len(pseudo.dataset)
     metrics_log = MetricsLog(out_dir / METRICS_LOG, cfg.logging, out_dir.name)
     try:
-        train(task, model, train_set, cfg, metrics_log, progress)
+        train(task, model, train_set, cfg, metrics_log, progress, pseudo)
+        save_model(out_dir, model, cfg, meta)
         cache: dict = {}
         metrics = {name: task.evaluate(model, data, cfg, cache) for name, data in tests.items()}
         flat = {f"{name}/{key}": value for name, values in metrics.items() for key, value in values.items()}
@@ -260,14 +333,19 @@ def train_and_evaluate(task, cfg: FinetuneConfig, backbone, meta: dict, out_dir:
     finally:
         metrics_log.close()
     skipped = {"train": dict(train_set.skipped), **{n: dict(d.skipped) for n, d in tests.items()}}
-    return metrics, skipped
+    return metrics, skipped, data
 
 
-def run_finetune(cfg: FinetuneConfig, out_dir: str | Path, *, force: bool = False) -> dict:
+def run_finetune(cfg: FinetuneConfig, out_dir: str | Path, *, force: bool = False, stage: str = "finetune",
+                 extra: dict | None = None, extra_inputs: dict | None = None,
+                 pseudo_data: Callable | None = None) -> dict:
     """One downstream run into ``out_dir``; returns the content of metrics.json.
 
     A complete run with the same config and inputs is not repeated. On any
     error, failed.json ({"error", "step"}) is written and the error re-raised.
+    ``datascale selftrain`` passes its ``stage``, ``extra`` (config.yaml entries;
+    its ``lineage`` mapping updates the run's), ``extra_inputs`` (more hashed
+    input files) and ``pseudo_data`` (see :func:`train_and_evaluate`).
     """
     out_dir = Path(out_dir)
     task = get_task(cfg.task)
@@ -278,11 +356,12 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path, *, force: bool = Fals
     try:
         backbone, meta = initial_backbone(cfg, task.dilation(cfg))
         check_input_size(cfg, backbone.arch)  # the architecture a backbone.json named
-        lineage = run_lineage(cfg, meta)
-        inputs = dict(task.input_files(cfg))
+        extra = dict(extra or {})
+        lineage = {**run_lineage(cfg, meta), **extra.pop("lineage", {})}
+        inputs = {**task.input_files(cfg), **(extra_inputs or {})}
         if lineage["backbone"] is not None:
             inputs["backbone"] = Path(lineage["backbone"])
-        record = config_record("finetune", cfg, inputs, extra={"lineage": lineage})
+        record = config_record(stage, cfg, inputs, extra={**extra, "lineage": lineage})
         state = prepare_output_dir(out_dir, record, force=force)
         if state == "complete":
             log.info("%s is complete for this config; nothing to do", out_dir)
@@ -292,11 +371,12 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path, *, force: bool = Fals
         progress = {"step": 0}
         started = time.perf_counter()
         try:
-            metrics, skipped = train_and_evaluate(task, cfg, backbone, meta, out_dir, progress)
+            metrics, skipped, data = train_and_evaluate(task, cfg, backbone, meta, out_dir, progress,
+                                                        pseudo_data)
         except BaseException as exc:
             write_json(out_dir / FAILED_FILE, {"error": f"{type(exc).__name__}: {exc}", "step": progress["step"]})
             raise
-        result = {"task": cfg.task, "steps": cfg.train.steps, "metrics": metrics}
+        result = {"task": cfg.task, "steps": cfg.train.steps, **data, "metrics": metrics}
         write_json(out_dir / METRICS_FILE, result)
         mark_complete(out_dir, {"seconds": round(time.perf_counter() - started, 2), "skipped": skipped,
                                 "primary_metric": task.primary_metric})

@@ -16,6 +16,7 @@ from datascale.metrics_log import LoggingSection
 from datascale.errors import ConfigError
 
 from data_tools.loader.config import LoaderConfig
+from data_tools.loader.curriculum import CurriculumConfig, CurriculumSchedule
 from scaling.models.registry import BACKBONES
 
 
@@ -128,6 +129,8 @@ class PretrainConfig:
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     monitor: MonitorSection = field(default_factory=MonitorSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+    # EfficientTrain++ (data_tools.loader.curriculum): name none (off) or efficienttrain, with its stages.
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     seed: int = 0
 
     def validate(self) -> None:
@@ -139,6 +142,11 @@ class PretrainConfig:
                     f"{self.model.arch} is meant for inputs of at least {entry.min_image_size} px, but the "
                     f"loader gives {crop} px crops (transform={self.data.loader.transform}); use "
                     "data.loader.transform=paper (resize 340, crop 299) or a demo architecture (resnet_demo)")
+        if entry is not None and self.curriculum.enabled:
+            smallest = self.curriculum.bands(crop)[0]
+            require(smallest >= entry.min_image_size, "curriculum.sizes",
+                    f"the first stage gives {smallest} px images ({self.curriculum.sizes[0]} x {crop} px), "
+                    f"below the {entry.min_image_size} px {self.model.arch} is meant for; raise the first size")
         batch = self.data.loader.batch_size
         require(batch is None or batch == self.deepspeed.micro_batch, "data.loader.batch_size",
                 f"is the per-rank micro batch, deepspeed.micro_batch={self.deepspeed.micro_batch}; "
@@ -183,6 +191,15 @@ def deepspeed_json(cfg: PretrainConfig, world_size: int, precision: str) -> dict
         "wall_clock_breakdown": False,
         "seed": cfg.seed,
     }
+
+
+def curriculum_schedule(cfg: PretrainConfig, ds_config: dict) -> CurriculumSchedule | None:
+    """The run's curriculum over its step budget (None when ``curriculum.name`` is none): a
+    batch's stage follows its optimizer step, micro-batches of one step share it."""
+    if not cfg.curriculum.enabled:
+        return None
+    return CurriculumSchedule(cfg.curriculum, crop=cfg.data.loader.crop_size, steps=cfg.schedule.steps,
+                              batches_per_step=ds_config["gradient_accumulation_steps"])
 
 
 def resolve_schedule(cfg: PretrainConfig, subset_images: int) -> PretrainConfig:

@@ -41,8 +41,8 @@ from data_tools.subsets.subset import load_subset
 from scaling.models.backbones import MultiLabelClassifier, build_backbone
 from scaling.models.files import load_backbone, save_backbone
 from scaling.pretrain import checkpoint as ckpt
-from scaling.pretrain.config import (PretrainConfig, budget_label, deepspeed_json, resolve_precision,
-                                     resolve_schedule)
+from scaling.pretrain.config import (PretrainConfig, budget_label, curriculum_schedule, deepspeed_json,
+                                     resolve_precision, resolve_schedule)
 from scaling.pretrain.budget import evaluations, training_budget
 from scaling.pretrain.map_metric import TopKAccumulator
 
@@ -76,7 +76,9 @@ def resolve_data(cfg: PretrainConfig):
     if evalset.source_vocabulary().names != train.source_vocabulary().names:
         raise DataError(f"the eval set {cfg.data.eval} uses other classes than {cfg.data.train}; "
                         "shard both with the same classes.json")
-    evalset = dataclasses.replace(evalset, classes=train.classes)
+    # Every eval image stays: one with none of a class-restricted subset's classes is a
+    # negative for each of them (dropping it would flatter mAP and leave the shard counts short).
+    evalset = dataclasses.replace(evalset, classes=train.classes, keep_unlabelled=True)
     return train, evalset, train.vocabulary()
 
 
@@ -105,7 +107,7 @@ def run_lineage(cfg: PretrainConfig, train, vocab, world_size: int) -> dict:
             "global_batch": cfg.schedule.global_batch, "world_size": world_size,
             # The study's axes (scaling.study): budget, class restriction, pretraining seed.
             "budget": budget_label(cfg), "classes": f"{len(train.classes)} classes" if train.classes else "all",
-            "pretrain_seed": cfg.seed}
+            "pretrain_seed": cfg.seed, "curriculum": cfg.curriculum.name}
 
 
 def build_model(cfg: PretrainConfig, num_classes: int, device, channels_last: bool):
@@ -237,12 +239,14 @@ class _Window:
     tick: float = field(default_factory=time.time)
     images: int = 0
     losses: list = field(default_factory=list)
+    side: int = 0   # the input side of the last batch (changes with a curriculum's stages)
 
     def record(self, step: int, lr: float, epoch: int) -> dict:
         window = torch.tensor([sum(self.losses), float(len(self.losses))], dtype=torch.float64)
         dist.all_reduce(window)  # the loss over every rank's batches, not rank 0's alone
         record = {"step": step, "loss": (window[0] / window[1]).item(), "lr": lr,
-                  "images_per_s": self.images / max(time.time() - self.tick, 1e-9), "epoch": epoch}
+                  "images_per_s": self.images / max(time.time() - self.tick, 1e-9), "epoch": epoch,
+                  "input_size": self.side}
         self.tick, self.images, self.losses = time.time(), 0, []
         return record
 
@@ -316,7 +320,8 @@ def _train(run: RunContext, progress: bool) -> dict:
     _truncate_logs(run, position.step)
     loader = make_train_loader(run.train_set, loader_config(cfg), num_classes=len(run.vocab),
                                epoch=position.epoch, samples_seen=position.samples_seen,
-                               rank=run.rank, world_size=run.world_size)
+                               rank=run.rank, world_size=run.world_size,
+                               curriculum=curriculum_schedule(cfg, run.ds_config))
     bar = tqdm(total=cfg.schedule.steps, initial=position.step, desc=f"pretrain {run.train_set.name}",
                disable=not progress or run.rank != 0, unit="step")
     last_tag, result, window = (resumed.tag if resumed else None), {}, _Window()
@@ -338,6 +343,7 @@ def _train(run: RunContext, progress: bool) -> dict:
             engine.backward(loss)
             engine.step()
             window.images += len(images) * run.world_size
+            window.side = images.shape[-1]
             window.losses.append(loss.item())
             _log_keys(run, position.step, batch.keys)
             micro_steps += 1

@@ -12,6 +12,7 @@ and the initialisation ("ImageNet+300M"). A study config names them::
       classes: [all, "top:50"]                            # all classes, or the 50 most frequent (equal images)
       init_from: ["", "study:7200"]                       # random init, or continue this study's 7200 run
       pretrain_seed: [0, 1, 2]                            # independent pretraining runs per point
+      curriculum: [none, efficienttrain]                  # EfficientTrain++ pretraining (the config's schedule)
 
 :func:`expand` gives every combination (with the data sizes). A run's folder
 is named by its size plus only the values that differ from the first of each
@@ -29,6 +30,7 @@ from datascale.config import require
 
 BUDGET = re.compile(r"^(steps|epochs):(\d+(\.\d+)?)$")
 CLASSES = re.compile(r"^(all|top:(\d+))$")
+CURRICULA = ("none", "efficienttrain")  # data_tools.loader.curriculum.CurriculumConfig.name
 
 
 @dataclass
@@ -40,6 +42,7 @@ class AxesSection:
     classes: list[str] = field(default_factory=lambda: ["all"])
     init_from: list[str] = field(default_factory=lambda: [""])       # "": random init
     pretrain_seed: list[int] = field(default_factory=list)           # []: the config's seed
+    curriculum: list[str] = field(default_factory=list)              # []: the config's curriculum.name
 
     def validate(self) -> None:
         require(bool(self.budget) and bool(self.classes) and bool(self.init_from), "axes",
@@ -56,8 +59,11 @@ class AxesSection:
             match = CLASSES.match(str(classes))
             require(bool(match) and (classes == "all" or int(match.group(2)) >= 1), "classes",
                     f"{classes!r}: use all or top:K (the K most frequent classes)")
+        for curriculum in self.curriculum:
+            require(curriculum in CURRICULA, "curriculum", f"{curriculum!r}: use one of {', '.join(CURRICULA)}")
         for name, values in (("arch", self.arch), ("budget", self.budget), ("classes", self.classes),
-                             ("init_from", self.init_from), ("pretrain_seed", self.pretrain_seed)):
+                             ("init_from", self.init_from), ("pretrain_seed", self.pretrain_seed),
+                             ("curriculum", self.curriculum)):
             require(len(set(map(str, values))) == len(values), name, f"lists a value twice: {values}")
 
 
@@ -71,6 +77,7 @@ class PretrainPoint:
     classes: str
     init_from: str
     seed: int
+    curriculum: str = "none"
 
     def name(self, defaults: "PretrainPoint") -> str:
         """The run folder's name: the size, then each value that differs from the defaults."""
@@ -85,6 +92,8 @@ class PretrainPoint:
             parts.append("from-" + re.sub(r"[^A-Za-z0-9.]+", "-", self.init_from).strip("-"))
         if self.seed != defaults.seed:
             parts.append(f"seed{self.seed}")
+        if self.curriculum != defaults.curriculum:
+            parts.append(self.curriculum)
         return "-".join(parts)
 
     def subsets_folder(self, root: Path) -> Path:
@@ -92,25 +101,31 @@ class PretrainPoint:
         return root / "subsets" if self.classes == "all" else root / f"subsets_{self.classes.replace(':', '')}"
 
 
-def expand(axes: AxesSection, sizes: list[str], default_arch: str, default_seed: int) -> list[PretrainPoint]:
+def expand(axes: AxesSection, sizes: list[str], default_arch: str, default_seed: int,
+           default_curriculum: str = "none") -> list[PretrainPoint]:
     """Every point of the grid; points that start from another run of the study come last."""
     archs = axes.arch or [default_arch]
     seeds = axes.pretrain_seed or [default_seed]
-    points = [PretrainPoint(size, arch, budget, classes, init, seed)
+    curricula = axes.curriculum or [default_curriculum]
+    points = [PretrainPoint(size, arch, budget, classes, init, seed, curriculum)
               for init in axes.init_from for arch in archs for budget in axes.budget
-              for classes in axes.classes for seed in seeds for size in sizes]
+              for classes in axes.classes for curriculum in curricula for seed in seeds for size in sizes]
     return sorted(points, key=lambda p: p.init_from.startswith("study:"))
 
 
-def defaults(axes: AxesSection, sizes: list[str], default_arch: str, default_seed: int) -> PretrainPoint:
+def defaults(axes: AxesSection, sizes: list[str], default_arch: str, default_seed: int,
+             default_curriculum: str = "none") -> PretrainPoint:
     return PretrainPoint(sizes[-1], (axes.arch or [default_arch])[0], axes.budget[0], axes.classes[0],
-                         axes.init_from[0], (axes.pretrain_seed or [default_seed])[0])
+                         axes.init_from[0], (axes.pretrain_seed or [default_seed])[0],
+                         (axes.curriculum or [default_curriculum])[0])
 
 
 def point_sets(point: PretrainPoint, base, runs: dict[str, Path]) -> list[str]:
     """The ``--set`` overrides of a point, given the resolved base pretraining config and the
     study's default runs by size (for ``init_from: study:SIZE``)."""
     sets = [f"model.arch={point.arch}", f"seed={point.seed}"]
+    if point.curriculum != base.curriculum.name:
+        sets.append(f"curriculum.name={point.curriculum}")
     kind, value = point.budget.split(":")
     if kind == "epochs":
         sets.append(f"schedule.epochs={value}")

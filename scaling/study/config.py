@@ -88,6 +88,11 @@ class FinetuneSection:
     seeds: list[int] = field(default_factory=lambda: [0])
     random_init: bool = True         # the no-pretraining baseline
     set: list[str] = field(default_factory=list)  # applied to every task
+    # Self-training (Zoph et al. 2020), init `selftrain` in the results: each fine-tune-mode
+    # random-init run teaches a student on the largest subset's images, their labels unused
+    # (`datascale selftrain`, configs/selftrain/TASK.yaml, then selftrain_set).
+    selftrain: bool = False
+    selftrain_set: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         for task in self.tasks:
@@ -95,6 +100,9 @@ class FinetuneSection:
         for mode in self.modes:
             require(mode in ("frozen", "finetune"), "modes", f"unknown mode {mode!r} (frozen, finetune)")
         require(bool(self.seeds), "seeds", "needs at least one seed")
+        require(not self.selftrain or (self.random_init and "finetune" in self.modes), "selftrain",
+                "the teachers are the random-init runs in fine-tune mode: needs random_init: true "
+                "and finetune in modes")
 
 
 @dataclass

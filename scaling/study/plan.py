@@ -136,8 +136,8 @@ def build_plan(cfg) -> Plan:
         shards, evalset = Path(cfg.data.shards), Path(cfg.data.eval)
     names = [_subset_name(s) for s in cfg.subsets.sizes]
     base = _pretrain_base(cfg)
-    points = expand(cfg.axes, names, base.model.arch, base.seed)
-    default = axis_defaults(cfg.axes, names, base.model.arch, base.seed)
+    points = expand(cfg.axes, names, base.model.arch, base.seed, base.curriculum.name)
+    default = axis_defaults(cfg.axes, names, base.model.arch, base.seed, base.curriculum.name)
     for classes in cfg.axes.classes:  # nested subsets, and class-restricted ones at equal image counts
         folder = dataclasses.replace(default, classes=classes).subsets_folder(root)
         restrict = [] if classes == "all" else ["--top-classes", classes.split(":")[1]]
@@ -163,9 +163,11 @@ def build_plan(cfg) -> Plan:
     cleaned = _plan_dedup(cfg, plan, root, root / "subsets" / names[-1], backbones[default])
     _plan_finetune(cfg, plan, root, {p.name(default): b for p, b in backbones.items()}, cleaned,
                    sorted({p.arch for p in points}, key=[p.arch for p in points].index), default.arch)
+    if cfg.finetune.selftrain:
+        _plan_selftrain(cfg, plan, root, default.subsets_folder(root) / names[-1])
     results = root / "results"
     # Exactly the planned runs: a folder left from an earlier config is not collected.
-    runs = [str(s.out) for s in plan.steps if s.stage in ("pretrain", "finetune")]
+    runs = [str(s.out) for s in plan.steps if s.stage in ("pretrain", "finetune", "selftrain")]
     plan.add("analysis", "collect results", ["results", "collect", *runs,
                                              "--out", str(results / "results.parquet")], results,
              marker=f"collect.{COMPLETE_FILE}")
@@ -248,6 +250,20 @@ def _plan_finetune(cfg, plan: Plan, root: Path, backbones: dict[str, Path], clea
                     if task in cleaned:
                         argv += ["--cleaned-test", str(cleaned[task])]
                     plan.add("finetune", f"{task} {mode} {init} seed {seed}", argv, run)
+
+
+def _plan_selftrain(cfg, plan: Plan, root: Path, unlabelled: Path) -> None:
+    """A student per fine-tune-mode random-init run (its teacher), on the largest subset's images."""
+    teachers = [s for s in plan.steps if s.stage == "finetune" and s.out.parent.name == "finetune"
+                and s.out.name.startswith("random-seed")]
+    for teacher in teachers:
+        task = teacher.argv[teacher.argv.index("--task") + 1]
+        out = root / "runs" / "selftrain" / task / teacher.out.name
+        argv = ["selftrain", "--task", task, "--teacher", str(teacher.out), "--unlabelled", str(unlabelled),
+                *_sets(cfg.finetune.selftrain_set), "--out", str(out), "--force"]
+        # The student's config starts as the teacher's recorded one: same data, steps and
+        # cleaned test set. Its output, for the skip check and results collect: the student's run folder.
+        plan.add("selftrain", f"{task} selftrain from {teacher.out.name}", argv, out / "student")
 
 
 # Printed under the pretraining table of the report, for a study on the synthetic world only
@@ -358,7 +374,7 @@ def write_study_section(plan: Plan, cfg) -> Path:
     marker = "\n## The study\n"
     text = text.split(marker)[0].rstrip() + "\n" + marker
     lines = [f"Config `{cfg.name}`; every output under `{plan.root}/`.", "",
-             "| subset | images | passes over the subset | mAP@100 (annotated classes) | mAP@100 all levels "
+             "| run | images | passes over the subset | mAP@100 (annotated classes) | mAP@100 all levels "
              "| converged |", "|---|---|---|---|---|---|"]
     for step in plan.steps:
         if step.stage == "pretrain" and (step.out / "metrics.json").is_file():
@@ -372,7 +388,8 @@ def write_study_section(plan: Plan, cfg) -> Path:
             state = budget.get("converged")
             converged = ("yes" if state else f"no (+{budget.get('map_gain') or 0:.3f} to gain)") \
                 if state is not None else "not recorded"
-            lines.append(f"| {meta['subset_name']} | {meta['subset_images']} | {passes:.0f} | {leaves:.4f} "
+            # The run's folder name: the size plus its axis values (7200-top30), unique per row.
+            lines.append(f"| {step.out.name} | {meta['subset_images']} | {passes:.0f} | {leaves:.4f} "
                          f"| {levels:.4f} | {converged} |")
     if cfg.world is not None:
         lines += _world_paragraph(plan.root)

@@ -19,7 +19,7 @@ from typing import Literal
 
 from datascale.errors import DataError
 from datascale.formats import coco
-from scaling.tasks.common import Task, cleaned_path, image_size_of, report_skips, split_paths
+from scaling.tasks.common import Task, cleaned_path, image_size_of, labelled_subset, report_skips, split_paths
 from scaling.tasks.config import FinetuneConfig
 
 log = logging.getLogger(__name__)
@@ -191,6 +191,9 @@ class CocoTask(Task):
         cleaned = cleaned_path(cfg.data)
         return {**files, "cleaned_test": cleaned} if cleaned else files
 
+    def train_images(self, train_set) -> int:
+        return len(train_set.coco.images)
+
     def check_test(self, train_set, test_set) -> None:
         """The model's labels follow the training file's categories, in order; a test file whose
         categories differ (ids, order or names) would be scored against the wrong classes."""
@@ -203,8 +206,11 @@ class CocoTask(Task):
                             "give both files the same categories list, in the same order")
 
     def read_train(self, cfg: FinetuneConfig) -> CocoSet:
-        """The checked training file, cut to ``data.max_train_images`` when that is set."""
+        """The checked training file: its ``data.labelled_fraction`` (by file name, see
+        :func:`labelled_subset`), cut to ``data.max_train_images`` when that is set."""
         coco = read_coco(*self.paths(cfg, "train"), self.kind)
+        kept = labelled_subset([str(img["file_name"]) for img in coco.images], cfg.data)
+        coco.images = [coco.images[i] for i in kept]
         if cfg.data.max_train_images:
             coco.images = coco.images[: cfg.data.max_train_images]
         return coco

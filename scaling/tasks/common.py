@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import collections
+import io
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,6 +21,7 @@ from PIL import Image
 from torch import nn
 
 from datascale.errors import ConfigError, DataError
+from data_tools.ranks import sample_ranks
 from scaling.models.backbones import IMAGE_MEAN, IMAGE_STD, Backbone
 from scaling.tasks.config import DataConfig, FinetuneConfig
 
@@ -54,6 +56,10 @@ class Task(abc.ABC):
     def check_test(self, train_set: Any, test_set: Any) -> None:
         """Raise DataError when the model trained on ``train_set`` cannot score ``test_set``
         (COCO tasks: the category lists differ). Segmentation reads one labels.txt for both."""
+
+    def train_images(self, train_set: Any) -> int:
+        """Images in the training set (a pose set has one item per person, not per image)."""
+        return len(train_set)
 
     @abc.abstractmethod
     def build_model(self, backbone: Backbone, cfg: FinetuneConfig, train_set: Any, meta: dict) -> nn.Module:
@@ -116,13 +122,49 @@ def report_skips(what: str, skipped: collections.Counter, kept: int) -> None:
         log.warning("%s: kept %d, skipped %s", what, kept, reasons)
 
 
+def labelled_subset(keys: Sequence[str], data: DataConfig) -> list[int]:
+    """Indices (in input order) of the training images ``data.labelled_fraction`` keeps.
+
+    The kept images are the first round(fraction x N) (at least one) in the order of
+    their hash rank u = hash(key, data.labelled_salt), so subsets are nested and
+    independent of the file's order; ``keys`` must be unique (file names, image ids).
+    """
+    if data.labelled_fraction >= 1.0:
+        return list(range(len(keys)))
+    keep = max(1, round(data.labelled_fraction * len(keys)))
+    order = np.argsort(sample_ranks(keys, salt=data.labelled_salt), kind="stable")
+    return sorted(int(i) for i in order[:keep])
+
+
 # --------------------------------------------------------------------------- images
 
 
-def read_image(path: Path) -> Image.Image:
-    """An RGB PIL image; DataError for an unreadable file."""
+class EncodedImage:
+    """An image (or mask) held as encoded bytes, e.g. a shard member, usable where a task reads a path.
+
+    ``str()`` gives its name, which is what datasets use as a cache key.
+    """
+
+    def __init__(self, name: str, data: bytes) -> None:
+        self.name = name
+        self.data = data
+
+    def __str__(self) -> str:
+        return self.name
+
+    def open(self) -> io.BytesIO:
+        return io.BytesIO(self.data)
+
+
+def as_file(source: Path | EncodedImage):
+    """What PIL can open: the path itself, or a fresh file object over the bytes."""
+    return source.open() if isinstance(source, EncodedImage) else source
+
+
+def read_image(path: Path | EncodedImage) -> Image.Image:
+    """An RGB PIL image from a file or :class:`EncodedImage`; DataError for an unreadable one."""
     try:
-        with Image.open(path) as img:
+        with Image.open(as_file(path)) as img:
             return img.convert("RGB")
     except (OSError, SyntaxError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from None

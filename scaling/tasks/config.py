@@ -17,6 +17,9 @@ from datascale.metrics_log import LoggingSection
 from scaling.models.registry import BACKBONES
 from scaling.tasks import TASKS
 
+# The names of scaling.tasks.augment.AUGMENT_LEVELS, kept here so that loading a config needs no torch.
+AUGMENT_LEVELS = ("none", "flip", "randaugment", "lsj", "lsj_randaugment")
+
 
 @dataclass
 class DataConfig:
@@ -34,12 +37,19 @@ class DataConfig:
     cleaned_test: str | None = None  # the test set without duplicates of pretraining images (dedup audit)
     image_size: int = 128  # images are resized so that their long side has this many pixels
     max_train_images: int = 0  # 0 = all
+    # The labelled training images kept: the first round(fraction x N) of them in the order of their
+    # hash rank (data_tools.ranks, salted with labelled_salt), so a smaller fraction is a prefix of a
+    # larger one (0.2 inside 0.5 inside 1.0) whatever the file's order. Applied before max_train_images.
+    labelled_fraction: float = 1.0
+    labelled_salt: str = "labelled"
     cache_images: bool = True  # keep decoded, resized images in memory (demo-sized data only)
     num_workers: int = 0
 
     def validate(self) -> None:
         require(self.image_size >= 32, "image_size", f"must be at least 32 pixels, got {self.image_size}")
         require(self.max_train_images >= 0, "max_train_images", "must be 0 (all) or positive")
+        require(0 < self.labelled_fraction <= 1, "labelled_fraction",
+                f"must lie in (0, 1] (e.g. 0.2, 0.5, 1.0), got {self.labelled_fraction}")
         require(self.num_workers >= 0, "num_workers", "must be 0 or positive")
 
 
@@ -69,7 +79,12 @@ class TrainConfig:
     # Scale a pretrained trunk's convs back to a fresh init's weight norm (function unchanged):
     # batch norm makes the effective learning rate lr / |w|^2, and pretraining grew |w| (docs/transfer.md).
     rescale_pretrained: bool = True
-    hflip: bool = True  # random horizontal flips (detection, segmentation)
+    hflip: bool = True  # random horizontal flips at every augment level but none (pose swaps left/right)
+    # scaling.tasks.augment: none | flip (flips only: what fine-tuning always did) | randaugment |
+    # lsj (large-scale jitter) | lsj_randaugment; applied to images and their boxes, masks, keypoints.
+    augment: str = "flip"
+    augment_magnitude: int = 9  # RandAugment magnitude, 0..30
+    lsj_scale: list[float] = field(default_factory=lambda: [0.1, 2.0])  # LSJ resize factor range
     log_every: int = 10
     eval_batch_size: int = 16
     threads: int = 0  # torch CPU threads; 0 = every core this process may use (1 on a busy shared machine)
@@ -86,6 +101,12 @@ class TrainConfig:
         require(self.log_every >= 1, "log_every", "must be at least 1")
         require(self.threads >= 0, "threads", "must be 0 (all cores) or positive")
         require(self.random_bn_batches >= 0, "random_bn_batches", "must be 0 (off) or positive")
+        require(self.augment in AUGMENT_LEVELS, "augment",
+                f"unknown level {self.augment!r}; choose one of {', '.join(AUGMENT_LEVELS)}")
+        require(0 <= self.augment_magnitude <= 30, "augment_magnitude",
+                f"must lie in 0..30 (RandAugment's scale), got {self.augment_magnitude}")
+        require(len(self.lsj_scale) == 2 and 0 < self.lsj_scale[0] <= self.lsj_scale[1], "lsj_scale",
+                f"needs [low, high] with 0 < low <= high, e.g. [0.1, 2.0]; got {self.lsj_scale}")
 
 
 @dataclass

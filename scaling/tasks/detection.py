@@ -28,6 +28,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from datascale.errors import ConfigError
 from scaling.models.backbones import Backbone
+from scaling.tasks.augment import Augment, Sample
 from scaling.tasks.coco_data import CocoSet, CocoTask
 from scaling.tasks.coco_eval import coco_metrics
 from scaling.tasks.common import ImageCache, image_stats, read_image, to_tensor
@@ -43,10 +44,10 @@ class DetectionDataset(torch.utils.data.Dataset):
     categories (0 is torchvision's background).
     """
 
-    def __init__(self, coco: CocoSet, image_size: int, cache: bool, hflip: bool = False) -> None:
+    def __init__(self, coco: CocoSet, image_size: int, cache: bool, augment: Augment | None = None) -> None:
         self.coco = coco
         self.image_size = image_size
-        self.hflip = hflip
+        self.augment = augment
         self.label_of = {cat_id: i + 1 for i, cat_id in enumerate(coco.category_ids)}
         self.category_of = {label: cat_id for cat_id, label in self.label_of.items()}
         self.skipped = coco.skipped
@@ -74,11 +75,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         boxes[:, 2:] += boxes[:, :2]
         boxes *= torch.tensor([sx, sy, sx, sy])
         labels = torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64)
-        image = image.float().div_(255.0)
-        if self.hflip and torch.rand(()) < 0.5:
-            image = image.flip(-1)
-            boxes[:, [0, 2]] = image.shape[-1] - boxes[:, [2, 0]]
-        return image, {"boxes": boxes, "labels": labels}, index
+        if self.augment is not None:
+            sample = self.augment(Sample(image, boxes=boxes, labels=labels))
+            image, boxes, labels = sample.image, sample.boxes, sample.labels
+        return image.float().div_(255.0), {"boxes": boxes, "labels": labels}, index
 
 
 class C4BoxHead(nn.Module):
@@ -132,7 +132,8 @@ class DetectionTask(CocoTask):
     kind = "detection"
 
     def load_train(self, cfg: FinetuneConfig) -> DetectionDataset:
-        return DetectionDataset(self.read_train(cfg), cfg.data.image_size, cfg.data.cache_images, cfg.train.hflip)
+        return DetectionDataset(self.read_train(cfg), cfg.data.image_size, cfg.data.cache_images,
+                                Augment(cfg.train))
 
     def load_test(self, cfg: FinetuneConfig, test_set: str) -> DetectionDataset | None:
         coco = self.read_test(cfg, test_set)

@@ -8,7 +8,9 @@ keypoints). At test time the same crops come from the ground-truth boxes, so
 the keypoint AP measures keypoint localisation, not person detection; it is
 computed by pycocotools with per-keypoint OKS sigmas from the category's
 ``sigmas`` field (or COCO's for COCO's 17 person keypoints, or
-``pose.default_oks_sigma``). No flip augmentation: it needs left/right pairs.
+``pose.default_oks_sigma``). Training crops are augmented at ``train.augment``'s
+level (:mod:`scaling.tasks.augment`); a flip swaps the keypoints whose names
+pair "left" with "right" (the built-in pose configs keep ``train.hflip: false``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from PIL import Image
 from torch import nn
 
 from scaling.models.backbones import Backbone
+from scaling.tasks.augment import Augment, Sample, flip_pairs
 from scaling.tasks.coco_data import CocoSet, CocoTask, keypoint_sigmas
 from scaling.tasks.coco_eval import coco_metrics
 from scaling.tasks.common import ImageCache, Normalize, read_image, to_tensor
@@ -32,8 +35,9 @@ class PoseDataset(torch.utils.data.Dataset):
     """One item per person with labelled keypoints: (uint8 crop, (K, 3) keypoints in crop
     pixels with visibility, index). Crowd boxes and people without keypoints are left out."""
 
-    def __init__(self, coco: CocoSet, pose: PoseConfig, cache: bool) -> None:
+    def __init__(self, coco: CocoSet, pose: PoseConfig, cache: bool, augment: Augment | None = None) -> None:
         self.coco = coco
+        self.augment = augment
         self.size = pose.input_size
         self.expand = pose.box_expand
         self.skipped = coco.skipped
@@ -68,7 +72,11 @@ class PoseDataset(torch.utils.data.Dataset):
         scale = self.size / side
         keypoints[:, 0] = (keypoints[:, 0] - x0) * scale
         keypoints[:, 1] = (keypoints[:, 1] - y0) * scale
-        return self._cache.get(index, decode), keypoints, index
+        crop = self._cache.get(index, decode)
+        if self.augment is not None:
+            sample = self.augment(Sample(crop, keypoints=keypoints[None]))
+            crop, keypoints = sample.image, sample.keypoints[0]
+        return crop, keypoints, index
 
 
 class PoseNet(nn.Module):
@@ -140,7 +148,9 @@ class PoseTask(CocoTask):
         return (False, False, cfg.pose.output_stride == 16)
 
     def load_train(self, cfg: FinetuneConfig) -> PoseDataset:
-        return PoseDataset(self.read_train(cfg), cfg.pose, cfg.data.cache_images)
+        coco = self.read_train(cfg)
+        names = next(c for c in coco.categories if isinstance(c.get("keypoints"), list))["keypoints"]
+        return PoseDataset(coco, cfg.pose, cfg.data.cache_images, Augment(cfg.train, flip_pairs(names)))
 
     def load_test(self, cfg: FinetuneConfig, test_set: str) -> PoseDataset | None:
         coco = self.read_test(cfg, test_set)

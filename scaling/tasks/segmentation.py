@@ -29,8 +29,9 @@ from torch.nn import functional as F
 from datascale.errors import ConfigError, DataError
 from datascale.formats import voc
 from scaling.models.backbones import Backbone
-from scaling.tasks.common import (ImageCache, Normalize, Task, cleaned_path, image_size_of, read_image,
-                                  report_skips, split_paths, to_tensor)
+from scaling.tasks.augment import Augment, Sample
+from scaling.tasks.common import (ImageCache, Normalize, Task, as_file, cleaned_path, image_size_of,
+                                  labelled_subset, read_image, report_skips, split_paths, to_tensor)
 from scaling.tasks.config import FinetuneConfig
 
 log = logging.getLogger(__name__)
@@ -98,10 +99,10 @@ def read_voc(list_path: Path, images_dir: Path, names: list[str]) -> VocSet:
 class SegmentationDataset(torch.utils.data.Dataset):
     """Items: (uint8 image S x S, int64 mask S x S, index), S = data.image_size (aspect not kept)."""
 
-    def __init__(self, voc: VocSet, image_size: int, cache: bool, hflip: bool = False) -> None:
+    def __init__(self, voc: VocSet, image_size: int, cache: bool, augment: Augment | None = None) -> None:
         self.voc = voc
         self.size = image_size
-        self.hflip = hflip
+        self.augment = augment
         self.skipped = voc.skipped
         self._cache = ImageCache(cache)
 
@@ -114,12 +115,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         def decode():
             image = read_image(self.voc.images[index]).resize((self.size, self.size), Image.BILINEAR)
-            mask = Image.fromarray(voc.read_mask(self.voc.masks[index], len(self.voc.class_names)))
+            mask = Image.fromarray(voc.read_mask(as_file(self.voc.masks[index]), len(self.voc.class_names)))
             mask = np.asarray(mask.resize((self.size, self.size), Image.NEAREST), dtype=np.int64)
             return to_tensor(image), torch.from_numpy(mask.copy())
         image, mask = self._cache.get(index, decode)
-        if self.hflip and torch.rand(()) < 0.5:
-            image, mask = image.flip(-1), mask.flip(-1)
+        if self.augment is not None:
+            sample = self.augment(Sample(image, mask=mask))
+            image, mask = sample.image, sample.mask
         return image, mask, index
 
 
@@ -186,10 +188,10 @@ class SegmentationTask(Task):
 
     def load_train(self, cfg: FinetuneConfig) -> SegmentationDataset:
         voc = self._read(cfg, "train")
-        if cfg.data.max_train_images:
-            for name in ("ids", "images", "masks"):
-                setattr(voc, name, getattr(voc, name)[: cfg.data.max_train_images])
-        return SegmentationDataset(voc, cfg.data.image_size, cfg.data.cache_images, cfg.train.hflip)
+        kept = labelled_subset(voc.ids, cfg.data)
+        for name in ("ids", "images", "masks"):
+            setattr(voc, name, [getattr(voc, name)[i] for i in kept][: cfg.data.max_train_images or None])
+        return SegmentationDataset(voc, cfg.data.image_size, cfg.data.cache_images, Augment(cfg.train))
 
     def load_test(self, cfg: FinetuneConfig, test_set: str) -> SegmentationDataset | None:
         path = cleaned_path(cfg.data) if test_set == "cleaned" else None

@@ -1,0 +1,173 @@
+"""EfficientTrain++ in the loader: the low-frequency crop on a real photo, stages by step, exact resume."""
+
+from __future__ import annotations
+
+import matplotlib.cbook
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datascale.errors import ConfigError
+from data_tools.loader.curriculum import CurriculumAugment, CurriculumConfig, CurriculumSchedule, StageSetting
+from data_tools.loader.frequency import LowFrequencyCrop, low_frequency_crop_fft, resize_low_frequency
+from data_tools.loader.pipeline import LoaderConfig, make_train_loader
+from test_shards_data import small_shards
+
+# The Lanczos fast path against the paper's crop, measured on the photo below (grey levels of 255):
+# mean 3.5-4.5, 99th percentile 14-17 at 56 and 224 px for bands of 0.6-0.8 of the side.
+RESIZE_MEAN_TOLERANCE, RESIZE_P99_TOLERANCE = 5.0, 20.0
+
+
+@pytest.fixture(scope="module")
+def photo():
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as handle:
+        return Image.open(handle).convert("RGB")
+
+
+def _square(photo, side: int) -> np.ndarray:
+    return np.asarray(photo.resize((side, side), Image.LANCZOS))
+
+
+def _centred_spectrum(image: np.ndarray) -> np.ndarray:
+    return np.fft.fftshift(np.fft.fft2(image.astype(np.float64), axes=(0, 1)), axes=(0, 1))
+
+
+@pytest.mark.parametrize("side, band", [(56, 34), (56, 45), (57, 40), (224, 160)])
+def test_low_frequency_crop_keeps_the_low_band_of_a_real_photo_and_drops_the_rest(photo, side, band):
+    image = _square(photo, side)
+    small = low_frequency_crop_fft(image, band)
+    assert small.shape == (band, band, 3)
+    # Keeps: the output's spectrum is the photo's central band (scaled), up to uint8 rounding.
+    start = side // 2 - band // 2
+    kept = _centred_spectrum(image)[start:start + band, start:start + band] * (band * band) / (side * side)
+    got = _centred_spectrum(small)
+    rounding = np.sqrt(band * band / 12.0) * 3  # the rms of uniform rounding noise, 3 sigma margin
+    assert np.abs(got - kept).max() < rounding + 0.02 * np.abs(kept).max()
+    # Drops: put the output back on the full grid by zero-padding its spectrum (ideal
+    # interpolation); what it lacks against the photo is exactly the photo's high band.
+    padded = np.zeros_like(_centred_spectrum(image))
+    padded[start:start + band, start:start + band] = got * (side * side) / (band * band)
+    restored = np.fft.ifft2(np.fft.ifftshift(padded, axes=(0, 1)), axes=(0, 1)).real
+    spectrum = _centred_spectrum(image)
+    high = spectrum.copy()
+    high[start:start + band, start:start + band] = 0
+    high_energy = (np.abs(high) ** 2).sum() / (side * side)        # Parseval: energy in pixel space
+    missing = ((image - restored) ** 2).sum()
+    assert high_energy > 1e-3 * (image.astype(float) ** 2).sum()  # the photo has detail to drop
+    assert missing == pytest.approx(high_energy, rel=0.1)
+    # The restored image has no energy outside the band (for an even band the real part also
+    # holds the mirror of the band's Nyquist line, one bin beyond the window).
+    rest = _centred_spectrum(restored)
+    edge = band + 1 - band % 2
+    rest[start:start + edge, start:start + edge] = 0
+    assert (np.abs(rest) ** 2).sum() < 1e-12 * (np.abs(spectrum) ** 2).sum()
+
+
+@pytest.mark.parametrize("side, band", [(56, 33), (56, 40), (57, 45), (64, 64), (224, 134)])
+def test_matrix_form_gives_the_papers_crop_exactly(photo, side, band):
+    image = _square(photo, side)
+    assert np.array_equal(LowFrequencyCrop()(image, band), low_frequency_crop_fft(image, band))
+
+
+@pytest.mark.parametrize("side, band", [(56, 34), (56, 45), (224, 134), (224, 179)])
+def test_resize_fast_path_is_within_its_measured_tolerance(photo, side, band):
+    image = _square(photo, side)
+    diff = np.abs(resize_low_frequency(image, band).astype(float) - low_frequency_crop_fft(image, band))
+    assert diff.mean() <= RESIZE_MEAN_TOLERANCE and np.percentile(diff, 99) <= RESIZE_P99_TOLERANCE
+    # A resize on pixel centres (not the crop's sampling grid) is measurably further off.
+    plain = np.asarray(Image.fromarray(image).resize((band, band), Image.LANCZOS)).astype(float)
+    assert np.abs(plain - low_frequency_crop_fft(image, band)).mean() > diff.mean()
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"starts": [0.1, 0.5, 0.7]}, "starts"), ({"starts": [0.0, 0.5, 0.5], "sizes": [0.5, 0.7, 1.0]}, "starts"),
+    ({"sizes": [0.6, 0.8, 0.9]}, "sizes"), ({"sizes": [0.8, 0.6, 1.0]}, "sizes"),
+    ({"sizes": [0.6, 1.0]}, "sizes"), ({"magnitude": [0, 31]}, "magnitude"), ({"num_ops": -1}, "num_ops"),
+])
+def test_bad_schedules_name_their_key(change, key):
+    with pytest.raises(ConfigError, match=f"^{key}:"):
+        CurriculumConfig(name="efficienttrain", **change).validate()
+
+
+def test_stage_is_a_pure_function_of_the_step_and_one_step_has_one_size():
+    schedule = CurriculumSchedule(CurriculumConfig(name="efficienttrain", starts=[0.0, 1 / 3, 5 / 6],
+                                                   sizes=[0.5, 0.75, 1.0], magnitude=[0, 9]),
+                                  crop=48, steps=12, batches_per_step=2)
+    assert schedule.boundaries() == [0, 4, 10]
+    stages = [schedule.at_step(s) for s in range(12)]
+    assert [s.band for s in stages] == [24] * 4 + [36] * 6 + [48] * 2
+    assert stages[0].magnitude == 0 and stages[6].magnitude == round(9 * 6 / 12) and stages[11].magnitude == 8
+    assert schedule.at_step(40).band == 48  # past the budget: the last stage
+    assert [schedule.at_batch(k).band for k in range(8, 10)] == [36, 36]  # step 4's two micro-batches
+
+
+def test_augment_is_seeded_by_the_sample_rng_and_leaves_torch_rng_alone(photo):
+    augment = CurriculumAugment(CurriculumConfig(name="efficienttrain"))
+    image, setting = _square(photo, 48), StageSetting(1, 36, 9)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = augment(image, setting, np.random.default_rng(5))
+    assert torch.equal(torch.get_rng_state(), before)
+    assert np.array_equal(a, augment(image, setting, np.random.default_rng(5)))
+    assert a.shape == (36, 36, 3) and a.dtype == np.uint8
+    outs = {augment(image, setting, np.random.default_rng(s)).tobytes() for s in range(6)}
+    assert len(outs) > 1
+
+
+# --------------------------------------------------------------------------- the loader
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return small_shards(tmp_path_factory.mktemp("curriculum"), images=40, per_shard=7)
+
+
+def _cfg(workers: int) -> LoaderConfig:
+    return LoaderConfig(batch_size=6, num_workers=workers, shuffle_buffer=10, image_size=16, seed=7)
+
+
+def _schedule(steps: int = 10) -> CurriculumSchedule:
+    # Steps 0-3 at 8 px, 4-6 at 12 px, 7-9 at 16 px; 2 micro-batches a step.
+    config = CurriculumConfig(name="efficienttrain", starts=[0.0, 0.4, 0.7], sizes=[0.5, 0.75, 1.0])
+    return CurriculumSchedule(config, crop=16, steps=steps, batches_per_step=2)
+
+
+def _batches(shards, cfg, count, epoch=0, samples_seen=0):
+    loader = make_train_loader(shards, cfg, num_classes=7, epoch=epoch, samples_seen=samples_seen,
+                               curriculum=_schedule())
+    out = []
+    while len(out) < count:
+        for batch in loader:
+            out.append((dict(loader.state_dict()), batch))
+            if len(out) == count:
+                break
+    return out
+
+
+def test_batches_follow_the_stages(shards):
+    batches = _batches(shards, _cfg(0), 20)
+    sides = [b.images.shape[-1] for _, b in batches]
+    assert sides == [8] * 8 + [12] * 6 + [16] * 6
+    assert all(b.images.shape[0] == 6 for _, b in batches)
+
+
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_resume_is_exact_inside_a_stage_and_at_a_boundary(shards, workers):
+    cfg = _cfg(workers)
+    reference = _batches(shards, cfg, 20)
+    # Cut after batch 7 (resume at step 4, the first of stage 1), 10 (inside it) and 13 (at stage 2).
+    for cut in (7, 10, 13):
+        state = reference[cut][0]
+        resumed = _batches(shards, cfg, 19 - cut, epoch=state["epoch"], samples_seen=state["samples_seen"])
+        for (_, a), (_, b) in zip(resumed, reference[cut + 1:]):
+            assert a.keys == b.keys and torch.equal(a.images, b.images), f"cut {cut}"
+
+
+def test_without_a_curriculum_batches_are_unchanged(shards):
+    plain = make_train_loader(shards, _cfg(0), num_classes=7)
+    first = next(iter(plain))
+    assert first.images.shape[-1] == 16
+    with pytest.raises(ConfigError, match="curriculum"):
+        make_train_loader(shards, _cfg(0), num_classes=7,
+                          curriculum=CurriculumSchedule(CurriculumConfig(), crop=32, steps=5, batches_per_step=1))
