@@ -38,6 +38,25 @@ ENV_HELD = "DATASCALE_LOCKED"   # folders locked by an ancestor process, os.path
 HOUSEKEEPING = (LOCK_FILE, CONSOLE_LOG)  # files of a folder that are not its content
 
 _held: dict[str, int] = {}      # folder -> how many nested holds in this process
+_fds: set[int] = set()          # this process's open lock files
+
+
+def _drop_in_child() -> None:
+    """A forked child (a DataLoader worker, a fork pool) closes its copies of the lock files.
+
+    An flock belongs to the open file, shared by every forked copy of its descriptor: a
+    loader worker that outlived a kill -9 of its parent kept the folder locked against the
+    rerun until it noticed. Closing the copies leaves the parent's lock as it is.
+    """
+    for fd in _fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _fds.clear()
+
+
+os.register_at_fork(after_in_child=_drop_in_child)
 
 
 class FolderLocked(DataError):
@@ -89,6 +108,7 @@ def hold(folder: str | Path | None, what: str = "this stage") -> Iterator[None]:
     path = Path(folder)
     created = not path.exists()
     fd = _acquire(path, folder, what)
+    _fds.add(fd)
     previous = os.environ.get(ENV_HELD)
     os.environ[ENV_HELD] = os.pathsep.join(sorted(_inherited() | {key}))
     _held[key] = 1
@@ -102,7 +122,9 @@ def hold(folder: str | Path | None, what: str = "this stage") -> Iterator[None]:
             os.environ[ENV_HELD] = previous
         if created:  # a stage that stopped before writing anything leaves no folder behind
             _remove_if_only_lock(path)
-        os.close(fd)  # releases the lock; the file stays (see the module docstring)
+        if fd in _fds:  # (a forked child closed its copy already)
+            _fds.discard(fd)
+            os.close(fd)  # releases the lock; the file stays (see the module docstring)
 
 
 def _acquire(path: Path, folder, what: str) -> int:

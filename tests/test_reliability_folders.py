@@ -208,3 +208,30 @@ def test_a_full_disk_during_shards_write_is_named_and_publishes_nothing(tmp_path
     assert code == 1 and "no space left on the device of" in err and str(out) in err, err
     assert not list(out.glob("*.tar")) and not list(out.glob(".*.tmp"))
     assert not (out / "complete.json").exists()
+
+
+def test_a_forked_worker_that_outlives_a_kill_9_does_not_keep_the_folder_locked(tmp_path):
+    """A DataLoader worker is a fork of its stage: it must not inherit the folder's lock."""
+    folder = tmp_path / "run"
+    script = (
+        "import os, sys, time\n"
+        "from datascale import lock\n"
+        f"with lock.hold({str(folder)!r}):\n"
+        "    child = os.fork()\n"
+        "    if child == 0:\n"
+        "        time.sleep(60); os._exit(0)\n"
+        "    print(child, flush=True)\n"
+        "    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    try:
+        with pytest.raises(lock.FolderLocked):
+            with lock.hold(folder):
+                pass
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        os.kill(child, 0)  # the worker is still alive ...
+        with lock.hold(folder):  # ... and the rerun gets the folder at once
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)
