@@ -372,7 +372,7 @@ def fit_table(results: pd.DataFrame, config: FitConfig | None = None, progress: 
     results = select(results, config.where)
     keys = curve_keys(config)
     # A table without the study's other axes has one value of each (null).
-    results = results.assign(**{c: pd.NA for c in AXIS_COLUMNS if c not in results.columns})
+    results = results.assign(**{c: pd.NA for c in (*AXIS_COLUMNS, "labelled_fraction") if c not in results.columns})
     missing = [c for c in keys + ["subset_images", "value", "seed", "run_dir"] if c not in results.columns]
     if missing:
         raise DataError(f"the results table lacks columns {', '.join(missing)}")
