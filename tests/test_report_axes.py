@@ -28,14 +28,19 @@ def _study(root, rng=np.random.default_rng(0)):
                              lineage=lineage, arch=arch)
 
 
-def test_report_has_a_section_per_varied_axis_with_the_papers_reading(tmp_path):
-    _study(tmp_path / "runs")
+def _analyse(tmp_path):
+    """collect, fit and plot the runs under tmp_path/runs; (results folder, report.md text)."""
     results = tmp_path / "results"
     for argv in (["results", "collect", str(tmp_path / "runs"), "--out", str(results / "results.parquet")],
                  ["fit", "--results", str(results / "results.parquet")],
                  ["plot", "--results", str(results / "results.parquet"), "--set", "formats=[png]"]):
         assert main(["-q", *argv]) == 0
-    report = (results / "report.md").read_text()
+    return results, (results / "report.md").read_text()
+
+
+def test_report_has_a_section_per_varied_axis_with_the_papers_reading(tmp_path):
+    _study(tmp_path / "runs")
+    results, report = _analyse(tmp_path)
     assert "## Model capacity (`arch`)" in report and "## Number of classes (`classes`)" in report
     assert "## Training budget" not in report  # one budget: not an axis of this study
     capacity = report.split("## Model capacity")[1].split("##")[0]
@@ -62,12 +67,7 @@ def test_curriculum_axis_gets_its_slope_section(tmp_path):
                            "pretrain_run": f"pre/{curriculum}-{size}-{seed}"}
                 make_run(tmp_path / "runs", f"{curriculum}-{size}-{seed}", metrics={"original": {"AP": value}},
                          lineage=lineage, arch="resnet50")
-    results = tmp_path / "results"
-    for argv in (["results", "collect", str(tmp_path / "runs"), "--out", str(results / "results.parquet")],
-                 ["fit", "--results", str(results / "results.parquet")],
-                 ["plot", "--results", str(results / "results.parquet"), "--set", "formats=[png]"]):
-        assert main(["-q", *argv]) == 0
-    report = (results / "report.md").read_text()
+    results, report = _analyse(tmp_path)
     section = report.split("## Pretraining curriculum (`curriculum`)")[1].split("##")[0]
     assert "| efficienttrain |" in section and "| none |" in section
     assert (results / "plots" / "axis_curriculum.png").is_file()

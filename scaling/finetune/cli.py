@@ -37,15 +37,20 @@ def config_from_cli(args: argparse.Namespace) -> FinetuneConfig:
     return config_from_args(FinetuneConfig, args, source=source, defaults=implied)
 
 
+def print_metrics(label: str, result: dict, metrics_file: Path) -> None:
+    """One line per test set (``detection frozen [original]: AP=0.1234, ...``), then the file."""
+    for test_set, values in result["metrics"].items():
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in values.items() if "/" not in k)
+        print(f"{label} [{test_set}]: {shown}")
+    print(f"metrics: {metrics_file}")
+
+
 def _command(args: argparse.Namespace) -> int:
     from scaling.finetune.loop import METRICS_FILE, run_finetune  # torch
 
     cfg = config_from_cli(args)
     result = run_finetune(cfg, args.out, force=args.force)
-    for test_set, values in result["metrics"].items():
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in values.items() if "/" not in k)
-        print(f"{cfg.task} {cfg.mode} [{test_set}]: {shown}")
-    print(f"metrics: {Path(args.out) / METRICS_FILE}")
+    print_metrics(f"{cfg.task} {cfg.mode}", result, Path(args.out) / METRICS_FILE)
     return 0
 
 

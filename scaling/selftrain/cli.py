@@ -47,6 +47,7 @@ def config_from_cli(args: argparse.Namespace) -> SelftrainConfig:
 
 def _command(args: argparse.Namespace) -> int:
     from data_tools.dedup.extract import rank_from_env
+    from scaling.finetune.cli import print_metrics
     from scaling.selftrain.run import STUDENT_DIR, run_selftrain  # torch
 
     cfg = config_from_cli(args)
@@ -56,10 +57,7 @@ def _command(args: argparse.Namespace) -> int:
     result = run_selftrain(cfg, args.out, step=args.step, rank=rank, world_size=world_size, force=args.force)
     print(f"pseudo-labels: {Path(args.out) / 'pseudo'}")
     if result is not None:
-        for test_set, values in result["metrics"].items():
-            shown = ", ".join(f"{k}={v:.4f}" for k, v in values.items() if "/" not in k)
-            print(f"{cfg.task} selftrain [{test_set}]: {shown}")
-        print(f"metrics: {Path(args.out) / STUDENT_DIR / 'metrics.json'}")
+        print_metrics(f"{cfg.task} selftrain", result, Path(args.out) / STUDENT_DIR / "metrics.json")
     return 0
 
 
