@@ -49,4 +49,4 @@ bench: $(STAMP)
 	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info study study-findings study-classes study-capacity
+	rm -rf $(VENV) build *.egg-info study study-findings study-classes study-capacity study-selftrain

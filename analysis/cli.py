@@ -149,6 +149,7 @@ def run_plot(args: argparse.Namespace) -> int:
     from analysis.axes import varied_axes
     from analysis.plots import plot_axis, plot_headline, plot_scaling, read_reference
     from analysis.report import PLOTS_DIR, write_report
+    from analysis.selftrain import plot_selftrain
     from analysis.results import read_results, select
 
     config = config_from_args(PlotConfig, args)
@@ -169,6 +170,7 @@ def run_plot(args: argparse.Namespace) -> int:
     written += plot_headline(selected, out_dir / PLOTS_DIR, config)
     for axis in varied_axes(selected):
         written += plot_axis(selected, axis, out_dir / PLOTS_DIR, config)
+    written += plot_selftrain(selected, out_dir / PLOTS_DIR, config)
     report = write_report(out_dir, figures=[p for p in written if p.suffix == ".png"])
     _finish(out_dir, "plot", record, {"figures": len(written)})
     print(f"wrote {len(written)} figure files -> {out_dir / PLOTS_DIR}")

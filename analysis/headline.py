@@ -36,13 +36,15 @@ def main_metrics(results: pd.DataFrame) -> dict[str, str]:
 
 # A study's other axes (scaling.study): the headline shows each at its most common value.
 SETTING_COLUMNS = ("arch", "budget", "classes", "init_from", "curriculum")
+FINETUNE_SETTING_COLUMNS = ("augment", "labelled_fraction")
 
 
-def main_setting(rows: pd.DataFrame, vary: str | None = None) -> pd.DataFrame:
-    """The rows of the study's main setting: for each axis column (but ``vary``), its main value
-    among pretrained runs (random-init rows are kept for the architecture alone)."""
+def main_setting(rows: pd.DataFrame, vary: str | tuple = ()) -> pd.DataFrame:
+    """The rows of the study's main setting: for each axis column (but those in ``vary``), its
+    main value among pretrained runs (random-init rows are kept for the architecture alone)."""
+    vary = (vary,) if isinstance(vary, str) else tuple(vary or ())
     sized = rows[rows["subset_images"].notna()] if "subset_images" in rows else rows
-    for column in (c for c in SETTING_COLUMNS if c != vary):
+    for column in (c for c in SETTING_COLUMNS if c not in vary):
         if column not in rows or sized.empty or sized[column].nunique(dropna=False) < 2:
             continue
         value = main_value(sized[column], column)
@@ -50,13 +52,20 @@ def main_setting(rows: pd.DataFrame, vary: str | None = None) -> pd.DataFrame:
         if column != "arch" and "subset_images" in rows:
             keep |= rows["subset_images"].isna()
         rows, sized = rows[keep], sized[sized[column].astype(str) == value]
+    # Fine-tuning's own axes (augmentation, labelled fraction) apply to every init alike.
+    for column in (c for c in FINETUNE_SETTING_COLUMNS if c not in vary):
+        if column in rows and rows[column].nunique(dropna=False) > 1:
+            rows = rows[rows[column].astype(str) == main_value(rows[column], column)]
     return rows
 
 
 def main_value(values: pd.Series, column: str) -> str:
     """An axis's main value: ``all`` classes or no ``init_from`` when present, else the most common."""
     texts = values.astype(str)
-    preferred = {"classes": "all", "init_from": "<NA>", "curriculum": "none"}.get(column)
+    if column == "labelled_fraction":  # every labelled image, where the study ran it
+        numbers = pd.to_numeric(values, errors="coerce")
+        return texts[numbers.idxmax()] if numbers.notna().any() else texts.mode().iloc[0]
+    preferred = {"classes": "all", "init_from": "<NA>", "curriculum": "none", "augment": "flip"}.get(column)
     return preferred if preferred in set(texts) else texts.mode().iloc[0]
 
 

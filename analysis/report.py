@@ -15,6 +15,7 @@ from typing import Sequence
 import pandas as pd
 
 from analysis.axes import axis_sections
+from analysis import selftrain as selftrain_report
 from analysis.fit import read_fits
 from analysis.headline import caveats, headline_table, main_metrics
 from analysis.results import EXCLUDED_FILE, read_results
@@ -194,6 +195,7 @@ def write_report(results_dir: str | Path, figures: Sequence[str | Path] | None =
     parts += ["## What this study does not show\n", "\n".join(f"- {n}" for n in notes) + "\n" if notes
               else "Nothing flagged: every task grows with data, beats random init and converged.\n"]
     parts += axis_sections(results, fits.fits, markdown_table)
+    parts += selftrain_report.section(results, markdown_table)
     parts += _budget_section(results, fits.fits)
     parts += _cleaned_section(results, results_dir)
     parts += _detail_files(results_dir, results, fits, figures)

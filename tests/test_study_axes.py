@@ -119,3 +119,18 @@ def test_selftrain_students_are_planned_from_the_random_init_runs():
     assert all(str(s.out) in collect.argv for s in students)
     with pytest.raises(ConfigError, match="selftrain"):
         _plan("finetune.selftrain=true", "finetune.modes=[frozen]")
+
+
+def test_finetune_axes_vary_every_init_and_students_follow_their_teachers_level():
+    plan = build_plan(load_config(StudyConfig, "studies/selftrain", []))
+    runs = {s.out.name: s.argv for s in plan.steps if s.stage == "finetune"}
+    assert len(runs) == 2 * 2 * 3 * 2  # (7200, random) x augment x fraction x seed
+    assert {"random-seed0", "7200-seed1", "random-lsj_randaugment-f0.2-seed0", "7200-f0.5-seed1"} <= set(runs)
+    assert "data.labelled_fraction=0.2" in runs["random-lsj_randaugment-f0.2-seed0"]
+    assert "train.augment=lsj_randaugment" in runs["random-lsj_randaugment-f0.2-seed0"]
+    students = {s.out.parent.name: s.argv for s in plan.steps if s.stage == "selftrain"}
+    assert set(students) == {n for n in runs if n.startswith("random")}  # one per random-init run
+    assert "finetune.train.augment=lsj_randaugment" in students["random-lsj_randaugment-f0.5-seed1"]
+    assert "finetune.train.augment=flip" in students["random-f0.2-seed0"]
+    with pytest.raises(ConfigError, match="labelled_fraction"):
+        _plan("finetune.labelled_fraction=[1.0, 1.5]")

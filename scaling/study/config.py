@@ -93,6 +93,11 @@ class FinetuneSection:
     # (`datascale selftrain`, configs/selftrain/TASK.yaml, then selftrain_set).
     selftrain: bool = False
     selftrain_set: list[str] = field(default_factory=list)
+    # Fine-tuning axes (Zoph et al. 2020's grid): every run at each augmentation level and
+    # labelled fraction; []: the task config's own value. The first value is the default
+    # (no suffix in the run's name), so adding a value never renames a run.
+    augment: list[str] = field(default_factory=list)            # train.augment levels
+    labelled_fraction: list[float] = field(default_factory=list)  # data.labelled_fraction
 
     def validate(self) -> None:
         for task in self.tasks:
@@ -100,6 +105,14 @@ class FinetuneSection:
         for mode in self.modes:
             require(mode in ("frozen", "finetune"), "modes", f"unknown mode {mode!r} (frozen, finetune)")
         require(bool(self.seeds), "seeds", "needs at least one seed")
+        from scaling.tasks.config import AUGMENT_LEVELS
+
+        for level in self.augment:
+            require(level in AUGMENT_LEVELS, "augment", f"unknown level {level!r} ({', '.join(AUGMENT_LEVELS)})")
+        for fraction in self.labelled_fraction:
+            require(0 < float(fraction) <= 1, "labelled_fraction", f"{fraction} is not in (0, 1]")
+        for name, values in (("augment", self.augment), ("labelled_fraction", self.labelled_fraction)):
+            require(len(set(values)) == len(values), name, f"lists a value twice: {values}")
         require(not self.selftrain or (self.random_init and "finetune" in self.modes), "selftrain",
                 "the teachers are the random-init runs in fine-tune mode: needs random_init: true "
                 "and finetune in modes")

@@ -18,6 +18,7 @@ exactly the stages (and the downstream stages) whose config or inputs changed
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import shlex
@@ -161,10 +162,10 @@ def build_plan(cfg) -> Plan:
                  distributed=cfg.launcher == "deepspeed", subprocess=True)
         backbones[point] = run / "backbone.pt"
     cleaned = _plan_dedup(cfg, plan, root, root / "subsets" / names[-1], backbones[default])
-    _plan_finetune(cfg, plan, root, {p.name(default): b for p, b in backbones.items()}, cleaned,
-                   sorted({p.arch for p in points}, key=[p.arch for p in points].index), default.arch)
+    teachers = _plan_finetune(cfg, plan, root, {p.name(default): b for p, b in backbones.items()}, cleaned,
+                              sorted({p.arch for p in points}, key=[p.arch for p in points].index), default.arch)
     if cfg.finetune.selftrain:
-        _plan_selftrain(cfg, plan, root, default.subsets_folder(root) / names[-1])
+        _plan_selftrain(cfg, plan, root, default.subsets_folder(root) / names[-1], teachers)
     results = root / "results"
     # Exactly the planned runs: a folder left from an earlier config is not collected.
     runs = [str(s.out) for s in plan.steps if s.stage in ("pretrain", "finetune", "selftrain")]
@@ -228,9 +229,25 @@ def _pretrain_base(cfg) -> PretrainConfig:
                                                               "data.eval=unused"])
 
 
+def _variants(section) -> list[tuple[str, list[str]]]:
+    """(run-name suffix, --set overrides) of every augmentation level x labelled fraction; the
+    first value of each list is the default and adds no suffix."""
+    out = []
+    for i, level in enumerate(section.augment or [None]):
+        for j, fraction in enumerate(section.labelled_fraction or [None]):
+            suffix = (f"-{level}" if i else "") + (f"-f{float(fraction):g}" if j else "")
+            sets = ([f"train.augment={level}"] if level else []) + \
+                ([f"data.labelled_fraction={float(fraction):g}"] if fraction is not None else [])
+            out.append((suffix, _sets(sets)))
+    return out
+
+
 def _plan_finetune(cfg, plan: Plan, root: Path, backbones: dict[str, Path], cleaned: dict,
-                   archs: list[str], default_arch: str) -> None:
-    """Every task x mode x backbone x seed, plus a random-init baseline per architecture."""
+                   archs: list[str], default_arch: str) -> list:
+    """Every task x mode x backbone x (augmentation, labelled fraction) x seed, plus a random-init
+    baseline per architecture. Returns the fine-tune-mode random-init runs of the default
+    architecture (the self-training teachers)."""
+    teachers = []
     inits: dict[str, tuple[Path | None, str]] = {name: (path, "") for name, path in backbones.items()}
     if cfg.finetune.random_init:
         for arch in archs:
@@ -241,25 +258,32 @@ def _plan_finetune(cfg, plan: Plan, root: Path, backbones: dict[str, Path], clea
         config = (spec.config if spec and spec.config else f"finetune/{task}")
         extra = _sets(cfg.finetune.set) + _sets(spec.set if spec else [])
         for mode in cfg.finetune.modes:
-            for init, (backbone, arch) in inits.items():
+            for (init, (backbone, arch)), (suffix, variant) in itertools.product(inits.items(),
+                                                                                 _variants(cfg.finetune)):
                 for seed in (spec.seeds if spec and spec.seeds else cfg.finetune.seeds):
-                    run = root / "runs" / "finetune" / task / mode / f"{init}-seed{seed}"
+                    run = root / "runs" / "finetune" / task / mode / f"{init}{suffix}-seed{seed}"
                     argv = ["finetune", "--task", task, "--mode", mode, "--config", config,
-                            "--data", str(data), "--seed", str(seed), *extra, "--out", str(run), "--force"]
+                            "--data", str(data), "--seed", str(seed), *extra, *variant,
+                            "--out", str(run), "--force"]
                     argv += (["--backbone", str(backbone)] if backbone else ["--init", "random", "--arch", arch])
                     if task in cleaned:
                         argv += ["--cleaned-test", str(cleaned[task])]
-                    plan.add("finetune", f"{task} {mode} {init} seed {seed}", argv, run)
+                    step = plan.add("finetune", f"{task} {mode} {init}{suffix} seed {seed}", argv, run)
+                    if init == "random" and mode == "finetune":
+                        teachers.append(step)
+    return teachers
 
 
-def _plan_selftrain(cfg, plan: Plan, root: Path, unlabelled: Path) -> None:
+def _plan_selftrain(cfg, plan: Plan, root: Path, unlabelled: Path, teachers: list) -> None:
     """A student per fine-tune-mode random-init run (its teacher), on the largest subset's images."""
-    teachers = [s for s in plan.steps if s.stage == "finetune" and s.out.parent.name == "finetune"
-                and s.out.name.startswith("random-seed")]
     for teacher in teachers:
         task = teacher.argv[teacher.argv.index("--task") + 1]
-        out = root / "runs" / "selftrain" / task / teacher.out.name
+        out = root / "runs" / "selftrain" / task / teacher.out.name  # random[-variant]-seedS
+        # On an augmentation axis the student trains at its teacher's level (Zoph et al. compare
+        # both at each level); otherwise at configs/selftrain/TASK.yaml's (strong) one.
+        level = [a.split("=", 1)[1] for a in teacher.argv if a.startswith("train.augment=")]
         argv = ["selftrain", "--task", task, "--teacher", str(teacher.out), "--unlabelled", str(unlabelled),
+                *_sets([f"finetune.train.augment={lv}" for lv in level[-1:]]),
                 *_sets(cfg.finetune.selftrain_set), "--out", str(out), "--force"]
         # The student's config starts as the teacher's recorded one: same data, steps and
         # cleaned test set. Its output, for the skip check and results collect: the student's run folder.
