@@ -1,5 +1,5 @@
 """Plain `webdataset` reads every nested subset exactly (urls.txt, brace pattern, sizes.json,
-the cut boundary shard), and `image_format=jpeg` makes one extension serve a whole shard set."""
+the cut boundary shard; class-restricted subsets: their own relabelled tars), and `image_format=jpeg` makes one extension serve a whole shard set."""
 
 from __future__ import annotations
 
@@ -172,14 +172,78 @@ def test_default_shards_break_a_jpg_only_reader_and_jpeg_quality_is_checked(mixe
     assert "jpeg_quality" in capsys.readouterr().err
 
 
-def test_class_restricted_subsets_have_no_plain_webdataset_view(mixed):
-    tmp, shards, _ = mixed
-    assert main(["-q", "subsets", "make", str(shards), "--out", str(tmp / "cats"),
-                 "--sizes", "4", "--classes", "chelsea"]) == 0
-    folder = tmp / "cats" / "4-1classes"
-    assert json.loads((folder / "subset.json").read_text())["webdataset"] is None
-    assert not (folder / "urls.txt").exists()
-    assert len(list(load_subset(folder).iter_samples())) == 4
+RESTRICTED = (5, 9)    # of the 12 coffee and rocket images; 9 spans two materialised tars
+
+
+def _restricted(out, shards, *extra):
+    assert main(["-q", "subsets", "make", str(shards), "--out", str(out), "--classes", "coffee,rocket",
+                 "--sizes", ",".join(map(str, RESTRICTED)), *extra]) == 0
+    return [out / f"{size}-2classes" for size in RESTRICTED]
+
+
+def _tar_bytes(folder) -> dict:
+    return {p.name: p.read_bytes() for p in sorted((folder / "shards").glob("*.tar"))}
+
+
+def test_plain_webdataset_reads_class_restricted_subsets_with_subset_label_ids(mixed, tmp_path):
+    tmp, shards, sources = mixed
+    source_ids = {c["name"]: c["id"] for c in json.loads((shards / "classes.json").read_text())}
+    previous: set = set()
+    for folder in _restricted(tmp_path / "cats", shards):
+        subset = load_subset(folder)
+        assert sorted(subset.classes) == sorted(source_ids[c] for c in ("coffee", "rocket"))
+        expected = [(s.key, s.meta["labels"], s.meta["source_labels"]) for s in subset.iter_samples()]
+        assert len(expected) == subset.images and all(labels for _, labels, _ in expected)
+        urls = _urls(folder)
+        samples = list(wds.WebDataset(urls, shardshuffle=False))
+        metas = [json.loads(s["json"]) for s in samples]
+        got = [(s["__key__"], m["labels"], m["source_labels"]) for s, m in zip(samples, metas)]
+        assert got == expected and len({k for k, _, _ in got}) == subset.images  # each key once
+        assert all(m["rank"] < subset.max_rank for m in metas)
+        assert {lab for _, labels, _ in got for lab in labels} <= set(range(subset.num_classes))
+        assert any(labels != stored for _, labels, stored in got)  # renumbered, not source ids
+        keys = {k for k, _, _ in got}
+        assert previous < keys and {k.split("/")[0] for k in keys} == {"coffee", "rocket"}
+        previous = keys
+        for sample in samples:                       # image members copied byte for byte
+            assert sample.get("jpg", sample.get("png")) == sources[sample["__key__"]]
+        sizes = json.loads((folder / "shards" / "sizes.json").read_text())
+        read: dict = {}
+        for sample in samples:
+            name = os.path.basename(sample["__url__"])
+            read[name] = read.get(name, 0) + 1
+        assert sizes == read and sum(sizes.values()) == subset.images
+        assert list(sizes) == [f"shard-{i:06d}.tar" for i in range(len(sizes))]
+        assert max(sizes.values()) == 5 and len(sizes) == -(-subset.images // 5)
+        assert not any(os.path.islink(url) for url in urls)
+        record = json.loads((folder / "subset.json").read_text())["webdataset"]
+        assert expand_urls(record["pattern"]) == urls
+        assert record["samples"] == subset.images and record["shards"] == len(urls)
+        assert record["boundary"] is None and record["materialised"] is True
+
+
+def test_rerunning_subsets_make_writes_byte_identical_class_restricted_tars(mixed, tmp_path):
+    _, shards, _ = mixed
+    first = [_tar_bytes(f) for f in _restricted(tmp_path / "a", shards)]
+    assert all(first)
+    assert [_tar_bytes(f) for f in _restricted(tmp_path / "b", shards)] == first
+    assert [_tar_bytes(f) for f in _restricted(tmp_path / "a", shards, "--force")] == first
+    for tars in first:
+        for data in tars.values():
+            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                members = tar.getmembers()
+            assert {(m.mtime, m.uid, m.gid, m.uname, m.mode) for m in members} == {(0, 0, 0, "", 0o444)}
+    # A class-restricted subset made before the view existed gets it on the next run.
+    folder = tmp_path / "a" / f"{RESTRICTED[0]}-2classes"
+    record = json.loads((folder / "subset.json").read_text())
+    expected = record.pop("webdataset")
+    (folder / "subset.json").write_text(json.dumps({**record, "webdataset": None}))
+    for path in (folder / "shards").iterdir():
+        path.unlink()
+    (folder / "urls.txt").unlink()
+    _restricted(tmp_path / "a", shards)
+    assert json.loads((folder / "subset.json").read_text())["webdataset"] == expected
+    assert _tar_bytes(folder) == first[0]
 
 
 def test_a_subset_made_before_the_view_existed_gets_it_on_the_next_run(mixed, tmp_path):
@@ -196,3 +260,13 @@ def test_a_subset_made_before_the_view_existed_gets_it_on_the_next_run(mixed, tm
     assert main(["-q", "subsets", "make", str(shards), "--out", str(out), "--sizes", "7"]) == 0
     assert json.loads((folder / "subset.json").read_text())["webdataset"] == expected
     assert len(list(wds.WebDataset(_urls(folder), shardshuffle=False))) == 7
+
+
+def test_webdataset_copy_false_leaves_a_class_restricted_subset_to_the_loader(mixed, tmp_path):
+    _, shards, _ = mixed
+    assert main(["-q", "subsets", "make", str(shards), "--out", str(tmp_path / "cats"),
+                 "--sizes", "4", "--classes", "chelsea", "--set", "webdataset_copy=false"]) == 0
+    folder = tmp_path / "cats" / "4-1classes"
+    assert json.loads((folder / "subset.json").read_text())["webdataset"] is None
+    assert not (folder / "urls.txt").exists() and not list(folder.glob("shards/*.tar"))
+    assert len(list(load_subset(folder).iter_samples())) == 4

@@ -249,7 +249,7 @@ def make_subsets(shards_dir: str | Path, out_dir: str | Path, cfg: SubsetsConfig
         record = {**base_record, "config": {**base_record["config"], "subset": p["name"]}}
         states.append(prepare_output_dir(folder, record, force=force))
     if all(s == "complete" for s in states):
-        return [_with_wds_view(f) for f in folders]
+        return [_with_wds_view(f, cfg.webdataset_copy) for f in folders]
     num_out = len(keep) if keep is not None else len(vocab)
     state = _SubsetPass([p["max_rank"] for p in plan], vocab, label_map, num_out)
     # A subset of every row is the shards manifest itself: link it instead of re-encoding.
@@ -259,7 +259,7 @@ def make_subsets(shards_dir: str | Path, out_dir: str | Path, cfg: SubsetsConfig
     _stream_pass(batches, manifest, folders, state, copies, total, progress)
     for j in copies:
         link_or_copy(manifest, folders[j] / "manifest.parquet")
-    return [_finish(p, j, f, state, root, sizes, keep, vocab, total)
+    return [_finish(p, j, f, state, root, sizes, keep, vocab, total, cfg.webdataset_copy)
             for j, (p, f) in enumerate(zip(plan, folders))]
 
 
@@ -346,19 +346,20 @@ def json_load(path: Path):
         raise DataError(f"missing {path}") from None
 
 
-def _with_wds_view(folder: Path) -> Subset:
+def _with_wds_view(folder: Path, copy_restricted: bool = True) -> Subset:
     """A finished subset folder, given its plain-WebDataset view if an older datascale made it
-    without one (the view is derived from subset.json and the shards alone)."""
+    without one (a class-restricted subset's too; the view is derived from subset.json and the
+    shards alone)."""
     subset = load_subset(folder)
     data = json_load(folder / SUBSET_FILE)
-    if data.get("webdataset") is None and subset.classes is None:
+    if data.get("webdataset") is None and (copy_restricted or subset.classes is None):
         data["webdataset"] = write_wds_view(subset, folder)
         write_json(folder / SUBSET_FILE, data, indent=2 if len(subset.shards) <= 1000 else None)
     return subset
 
 
 def _finish(p: dict, j: int, folder: Path, state: _SubsetPass, root: Path, sizes: dict,
-            keep, vocab: Vocabulary, total: int) -> Subset:
+            keep, vocab: Vocabulary, total: int, copy_restricted: bool = True) -> Subset:
     """Sum the segments below subset j and write its subset.json, stats.json, classes.json."""
     tally = SegmentTally(len(state.tallies[0].counts))
     counts: collections.Counter = collections.Counter()
@@ -374,7 +375,8 @@ def _finish(p: dict, j: int, folder: Path, state: _SubsetPass, root: Path, sizes
     data = subset.to_json()
     data["shards_root"] = os.path.relpath(root, folder.resolve())
     data["num_classes"] = len(keep) if keep is not None else len(vocab)
-    data["webdataset"] = write_wds_view(subset, folder)
+    data["webdataset"] = (write_wds_view(subset, folder) if keep is None or copy_restricted
+                          else None)
     # Python's indenting JSON encoder takes ~0.1 s per 10k shard entries; the C one is 10x faster.
     write_json(folder / SUBSET_FILE, data, indent=2 if len(entries) <= 1000 else None)
     if keep is None:

@@ -52,6 +52,9 @@ class SubsetsConfig:
     classes: list[str] | None = None    # keep only these classes (names or ids)
     top_classes: int | None = None      # ... or the K classes with most images
     batch_rows: int = 262_144           # manifest rows per streamed batch
+    # Class-restricted subsets: write their own relabelled tars for plain webdataset and
+    # open_clip (a full copy of their samples on disk); false: read them through the loader only.
+    webdataset_copy: bool = True
 
     def validate(self) -> None:
         require(len(self.sizes) > 0, "sizes", "give at least one subset size")

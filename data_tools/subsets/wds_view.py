@@ -1,4 +1,4 @@
-"""A subset as plain WebDataset reads it: a URL list, a brace pattern, sizes.json, one cut shard.
+"""A subset as plain WebDataset reads it: URL list, brace pattern, sizes.json, cut or own shards.
 
 The loader reads a subset through ``subset.json`` (full shards, then the
 boundary shard with a rank filter). ``webdataset`` and open_clip know no rank
@@ -17,16 +17,34 @@ The cut shard holds the boundary shard's members with rank < max_rank,
 copied byte for byte, under the fixed tar headers of
 :func:`datascale.formats.wds.write_members`, so a rerun writes the same bytes.
 
-A class-restricted subset has no such view: which of its samples belong to it
-depends on their labels in every shard, and its stored labels are source ids,
-so plain WebDataset would read other images and other label ids; it is read
-through the datascale loader only (``subset.json`` says ``"webdataset": null``).
+A class-restricted subset (``--classes``, ``--top-classes``) is a
+label-dependent selection of every shard of its prefix, and its tars store
+source label ids, so links cannot serve it: its view is materialised::
 
-Cost: one symlink per full shard and one read of the boundary shard.
+    SUBSET/shards/shard-000000.tar ...  real tars, consecutive names, the subset's samples in
+                                        rank order, as many per tar as the source's largest shard
+                  sizes.json            {"shard-000000.tar": 1000, ...}
+    SUBSET/urls.txt                     one absolute shard path per line
+
+Every member is copied byte for byte except ``KEY.json``, whose ``labels``
+become the subset's class ids (``classes.json`` of the subset) and which
+keeps the stored ids as ``source_labels``, as ``Subset.iter_samples`` yields
+them (re-encoded as the shard writer encodes it: sorted keys). A sample that
+the loader skips (no image or JSON member, bad JSON, no rank at the
+boundary) is left out as well, and the written count must match the
+manifest's. Headers are fixed, so a rerun writes the same bytes.
+
+Cost: an unrestricted subset costs one symlink per full shard and one read of
+the boundary shard. A class-restricted subset costs one read of every shard
+of its prefix and a full copy of its samples on disk (its images' bytes,
+about images x mean sample size); nested restricted subsets each hold their
+own copy, so a ladder of them costs the sum of their sizes (e.g. 10M + 30M +
+100M of 300M: about 0.47x the collection). Memory: one sample.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -35,8 +53,8 @@ from pathlib import Path
 
 from datascale.atomic import atomic_path, write_json, write_text
 from datascale.errors import DataError
-from datascale.formats.wds import iter_member_groups, write_members
-from data_tools.subsets.subset import Subset
+from datascale.formats.wds import IMAGE_MEMBER_EXTS, iter_member_groups, split_member, write_members
+from data_tools.subsets.subset import Subset, subset_labels
 
 log = logging.getLogger(__name__)
 SHARDS_DIR = "shards"
@@ -101,22 +119,115 @@ def _link(link_text: str, target: Path) -> None:
             os.symlink(link_text, tmp)
 
 
-def write_wds_view(subset: Subset, folder: Path) -> dict | None:
-    """Write ``folder``/shards/ (links + the cut boundary shard + sizes.json) and urls.txt.
-
-    Returns the ``webdataset`` record of subset.json (file names relative to
-    ``folder``), or None for a class-restricted subset (module docstring) and
-    when shard tars are missing (a manifest-only shards folder; logged, and
-    the next ``subsets make`` tries again). Raises DataError when the boundary
-    shard does not hold the samples the manifest counts (a damaged or replaced shard).
-    """
-    if subset.classes is not None:
-        return None
+def _shards_present(subset: Subset, folder: Path) -> bool:
     missing = [p for e, p in zip(subset.shards, subset.shard_paths()) if e.samples and not p.is_file()]
     if missing:
         log.warning("%s: %d of the subset's shard tars are missing (%s); no urls.txt written",
                     folder, len(missing), missing[0])
+    return not missing
+
+
+def relabelled_members(members: list[tuple[str, bytes]], table, keep_unlabelled: bool = False,
+                       max_rank: float | None = None) -> list[tuple[str, bytes]] | None:
+    """One stored sample as the class-restricted subset holds it, or None when it is not in it.
+
+    ``KEY.json`` gets ``labels`` = subset ids (``table``: Subset.label_map) and
+    ``source_labels`` = the stored ids; other members are returned as stored.
+    None, as the loader skips them: no image or JSON member, JSON that is not
+    an object, rank missing or >= ``max_rank`` (when given), no kept label.
+    """
+    exts = [split_member(name)[1] for name, _ in members]
+    if "json" not in exts or not any(ext in IMAGE_MEMBER_EXTS for ext in exts):
         return None
+    index = exts.index("json")
+    try:
+        meta = json.loads(members[index][1].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    if max_rank is not None:
+        rank = meta.get("rank")
+        if not isinstance(rank, (int, float)) or rank >= max_rank:
+            return None
+    stored = meta.get("labels", [])
+    labels = subset_labels(stored if isinstance(stored, list) else [], table)
+    if not labels and not keep_unlabelled:
+        return None
+    meta["source_labels"], meta["labels"] = stored, labels
+    text = json.dumps(meta, sort_keys=True, allow_nan=False).encode("utf-8")  # as write_tar encodes
+    return [(name, text if i == index else data) for i, (name, data) in enumerate(members)]
+
+
+def _per_shard(subset: Subset) -> int:
+    """Samples per materialised tar: the source's largest shard (its samples_per_shard)."""
+    try:
+        sizes = json.loads((subset.shards_root / SIZES_FILE).read_text(encoding="utf-8"))
+        return max(1, max(int(v) for v in sizes.values()))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return max([e.samples for e in subset.shards] + [1])
+
+
+def write_materialised_view(subset: Subset, folder: Path) -> dict:
+    """Write a class-restricted subset's own tars, sizes.json and urls.txt (module docstring).
+
+    Reads every shard of the prefix once; writes the subset's samples in rank
+    order, ``_per_shard`` to a tar, atomically, and removes older
+    ``shard-N.tar`` files beyond them. Raises DataError when a source shard
+    does not hold the samples the manifest counts. Memory: one sample.
+    """
+    shard_dir = Path(folder) / SHARDS_DIR
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    table, found = subset.label_map(), {}
+
+    def kept():
+        for entry, source in zip(subset.shards, subset.shard_paths()):
+            if entry.samples == 0:
+                continue
+            max_rank = subset.max_rank if entry.filter else None
+            found[entry.path] = 0
+            for _, members in iter_member_groups(source):
+                out = relabelled_members(members, table, subset.keep_unlabelled, max_rank)
+                if out is not None:
+                    found[entry.path] += 1
+                    yield out
+
+    stream, per_shard = kept(), _per_shard(subset)
+    urls, sizes = [], {}
+    for first in stream:
+        name = f"shard-{len(sizes):06d}.tar"
+        with atomic_path(shard_dir / name) as tmp:
+            sizes[name] = write_members(tmp, itertools.chain([first], itertools.islice(stream, per_shard - 1)))
+        urls.append(os.path.abspath(shard_dir / name))
+    wrong = [(e.path, found.get(e.path, 0), e.samples) for e in subset.shards
+             if found.get(e.path, 0) != e.samples]
+    if wrong:
+        path, got, counted = wrong[0]
+        raise DataError(f"{subset.shards_root / path}: {got} samples of class-restricted subset "
+                        f"{subset.name}, the manifest counts {counted}; run `datascale shards verify`")
+    for stale in shard_dir.glob("shard-*.tar"):
+        if stale.name not in sizes and _NUMBERED.fullmatch(stale.name):
+            stale.unlink()
+    write_json(shard_dir / SIZES_FILE, sizes)
+    write_text(Path(folder) / URLS_FILE, "".join(f"{url}\n" for url in urls))
+    return {"urls": URLS_FILE, "pattern": brace_pattern(urls), "sizes": f"{SHARDS_DIR}/{SIZES_FILE}",
+            "shards": len(urls), "samples": sum(sizes.values()), "boundary": None,
+            "materialised": True}
+
+
+def write_wds_view(subset: Subset, folder: Path) -> dict | None:
+    """Write ``folder``/shards/ (links + the cut boundary shard + sizes.json) and urls.txt.
+
+    Returns the ``webdataset`` record of subset.json (file names relative to
+    ``folder``; a class-restricted subset gets :func:`write_materialised_view`'s),
+    or None when shard tars are missing (a manifest-only shards folder; logged, and
+    the next ``subsets make`` tries again). Raises DataError when the boundary
+    shard does not hold the samples the manifest counts (a damaged or replaced shard).
+    """
+    if not _shards_present(subset, folder):
+        return None
+    if subset.classes is not None:
+        return write_materialised_view(subset, folder)
     shard_dir = Path(folder) / SHARDS_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
     urls, sizes, boundary, linked = [], {}, None, True
