@@ -89,6 +89,15 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def run_record_config(data: dict) -> dict:
+    """The config of a run folder's ``config.yaml`` lineage record (``stage``,
+    ``datascale_version``, ``config``, ``inputs``), so that ``--config RUN/config.yaml``
+    reruns a run's exact settings; any other mapping is returned as it is."""
+    if {"stage", "datascale_version", "config"} <= set(data) and isinstance(data["config"], dict):
+        return dict(data["config"])
+    return data
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -107,7 +116,7 @@ def load_config(
     elif isinstance(source, dict):
         data = dict(source)
     else:
-        data = read_yaml(resolve_config_path(source))
+        data = run_record_config(read_yaml(resolve_config_path(source)))
     for override in overrides:
         apply_override(schema, data, override)
     return from_dict(schema, data)

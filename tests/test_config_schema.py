@@ -124,3 +124,16 @@ def test_round_trip_through_yaml(tmp_path):
 def test_config_keys_are_dotted():
     keys = config_keys(World)
     assert "noise.rate" in keys and "noise.kind" in keys and "name" in keys
+
+
+def test_a_run_folders_lineage_record_serves_as_its_config(tmp_path):
+    from datascale.lineage import config_record
+
+    cfg = load_config(World, {"name": "x", "classes": 7, "noise": {"rate": 0.3}})
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_yaml(config_record("world", cfg)))
+    again = load_config(World, path, ["classes=9"])
+    assert again.noise.rate == 0.3 and again.classes == 9 and again.name == "x"
+    # A plain config that merely has a key named "config" is not taken for a record.
+    with pytest.raises(ConfigError, match="config"):
+        load_config(World, {"name": "x", "config": {"classes": 3}})
