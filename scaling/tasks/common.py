@@ -67,7 +67,11 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def collate(self, items: list) -> Any:
-        """Batch a list of dataset items."""
+        """Batch a list of dataset items; the batch's last element is the items' dataset indices."""
+
+    def indices(self, batch: Any) -> list[int]:
+        """The dataset indices of a collated batch (``dist.log_samples``)."""
+        return [int(i) for i in batch[-1]]
 
     @abc.abstractmethod
     def loss(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:

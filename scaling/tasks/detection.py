@@ -168,10 +168,12 @@ class DetectionTask(CocoTask):
         """Fill ``cache[image key]`` with COCO-format detections (no image_id) in original pixels."""
         todo = [i for i in range(len(dataset)) if dataset.key(i) not in cache]
         model.eval()
+        device = next(model.parameters()).device
         for start in range(0, len(todo), batch_size):
             items = [dataset[i] for i in todo[start:start + batch_size]]
-            outputs = model([image for image, _, _ in items])
+            outputs = model([image.to(device) for image, _, _ in items])
             for (image, _, index), out in zip(items, outputs):
+                out = {key: value.cpu() for key, value in out.items()}
                 record = dataset.coco.images[index]  # width/height are the file's (checked on reading)
                 sx, sy = image.shape[-1] / record["width"], image.shape[-2] / record["height"]
                 boxes = out["boxes"] / torch.tensor([sx, sy, sx, sy])

@@ -218,11 +218,12 @@ class SegmentationTask(Task):
                  cache: dict) -> dict[str, float]:
         """Per-image confusion matrices at original resolution (cached: the cleaned set sums a subset)."""
         model.eval()
+        device = next(model.parameters()).device
         num_classes = len(dataset.voc.class_names)
         todo = [i for i in range(len(dataset)) if dataset.key(i) not in cache]
         for start in range(0, len(todo), cfg.train.eval_batch_size):
             chunk = todo[start:start + cfg.train.eval_batch_size]
-            scores = model(torch.stack([dataset[i][0] for i in chunk]))
+            scores = model(torch.stack([dataset[i][0] for i in chunk]).to(device)).float().cpu()
             for index, score in zip(chunk, scores):
                 target = voc.read_mask(dataset.voc.masks[index], num_classes)
                 full = F.interpolate(score[None], size=target.shape, mode="bilinear", align_corners=False)
