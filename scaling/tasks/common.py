@@ -222,6 +222,13 @@ class Normalize(nn.Module):
         return (images - self.mean) / self.std
 
 
+def model_device(model: Any) -> torch.device:
+    """Where ``model``'s weights are (its inputs go there); CPU for a model without parameters."""
+    parameters = getattr(model, "parameters", None)
+    first = next(iter(parameters()), None) if parameters is not None else None
+    return first.device if first is not None else torch.device("cpu")
+
+
 def image_stats(meta: dict) -> tuple[Sequence[float], Sequence[float]]:
     """(mean, std) the backbone was trained with (ImageNet statistics by default)."""
     return list(meta.get("image_mean", IMAGE_MEAN)), list(meta.get("image_std", IMAGE_STD))

@@ -31,7 +31,7 @@ from scaling.models.backbones import Backbone
 from scaling.tasks.augment import Augment, Sample
 from scaling.tasks.coco_data import CocoSet, CocoTask
 from scaling.tasks.coco_eval import coco_metrics
-from scaling.tasks.common import ImageCache, image_stats, read_image, to_tensor
+from scaling.tasks.common import ImageCache, image_stats, model_device, read_image, to_tensor
 from scaling.tasks.config import FinetuneConfig
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class DetectionTask(CocoTask):
         """Fill ``cache[image key]`` with COCO-format detections (no image_id) in original pixels."""
         todo = [i for i in range(len(dataset)) if dataset.key(i) not in cache]
         model.eval()
-        device = next(model.parameters()).device
+        device = model_device(model)
         for start in range(0, len(todo), batch_size):
             items = [dataset[i] for i in todo[start:start + batch_size]]
             outputs = model([image.to(device) for image, _, _ in items])

@@ -25,7 +25,7 @@ from scaling.models.backbones import Backbone
 from scaling.tasks.augment import Augment, Sample, flip_pairs
 from scaling.tasks.coco_data import CocoSet, CocoTask, keypoint_sigmas
 from scaling.tasks.coco_eval import coco_metrics
-from scaling.tasks.common import ImageCache, Normalize, read_image, to_tensor
+from scaling.tasks.common import ImageCache, Normalize, model_device, read_image, to_tensor
 from scaling.tasks.config import FinetuneConfig, PoseConfig
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ class PoseTask(CocoTask):
     def predict(self, model: PoseNet, dataset: PoseDataset, batch_size: int, cache: dict) -> None:
         """Fill ``cache[person key]`` with (keypoints [x, y, 1] * K in original pixels, score)."""
         model.eval()
-        device = next(model.parameters()).device
+        device = model_device(model)
         todo = [i for i in range(len(dataset)) if dataset.key(i) not in cache]
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]

@@ -30,7 +30,7 @@ from datascale.errors import ConfigError, DataError
 from datascale.formats import voc
 from scaling.models.backbones import Backbone
 from scaling.tasks.augment import Augment, Sample
-from scaling.tasks.common import (ImageCache, Normalize, Task, as_file, cleaned_path, image_size_of,
+from scaling.tasks.common import (ImageCache, Normalize, Task, as_file, cleaned_path, image_size_of, model_device,
                                   labelled_subset, read_image, report_skips, split_paths, to_tensor)
 from scaling.tasks.config import FinetuneConfig
 
@@ -218,7 +218,7 @@ class SegmentationTask(Task):
                  cache: dict) -> dict[str, float]:
         """Per-image confusion matrices at original resolution (cached: the cleaned set sums a subset)."""
         model.eval()
-        device = next(model.parameters()).device
+        device = model_device(model)
         num_classes = len(dataset.voc.class_names)
         todo = [i for i in range(len(dataset)) if dataset.key(i) not in cache]
         for start in range(0, len(todo), cfg.train.eval_batch_size):
