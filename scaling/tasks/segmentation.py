@@ -30,8 +30,9 @@ from datascale.errors import ConfigError, DataError
 from datascale.formats import voc
 from scaling.models.backbones import Backbone
 from scaling.tasks.augment import Augment, Sample
-from scaling.tasks.common import (ImageCache, Normalize, Task, as_file, cleaned_path, image_size_of, model_device,
-                                  labelled_subset, read_image, report_skips, split_paths, to_tensor)
+from scaling.tasks.common import (ImageCache, Normalize, Task, as_file, cleaned_path, image_size_of,
+                                  labelled_subset, model_device, read_image, report_skips, split_paths,
+                                  to_tensor)
 from scaling.tasks.config import FinetuneConfig
 
 log = logging.getLogger(__name__)
