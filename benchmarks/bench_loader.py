@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import multiprocessing
 import resource
 import tempfile
@@ -123,6 +124,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2,
                         help="epochs per run (amortises worker start-up for every method)")
+    parser.add_argument("--json", metavar="FILE", help="also write the images/s figures to FILE")
     args = parser.parse_args()
     from data_tools.shards.write import ShardsConfig, write_shards
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,6 +152,10 @@ def main() -> None:
         print(f"  {name:24s} {wall:7.1f} images/s  {cpu:7.1f} images/CPU-s  "
               f"wall x{wall / bound[0]:.3f} of bound, x{wall / folder[0]:.3f} of ImageFolder; "
               f"CPU x{cpu / bound[1]:.3f} of bound, x{cpu / folder[1]:.3f} of ImageFolder")
+    if args.json:
+        figures = {"images": args.images, "workers": args.workers, "batch": args.batch, "epochs": args.epochs,
+                   **{name: {"images_per_s": wall, "images_per_cpu_s": cpu} for name, (wall, cpu) in best.items()}}
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

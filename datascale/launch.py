@@ -1,6 +1,6 @@
 """Launching training under the DeepSpeed launcher: locally on N ranks or on a cluster.
 
-``datascale pretrain --nproc 2 ...`` re-runs itself as ``deepspeed --num_gpus 2
+``datascale pretrain --nproc 2 ...`` (and ``finetune --nproc 2``) re-runs itself as ``deepspeed --num_gpus 2
 --no_local_rank --module datascale.cli pretrain ...`` (the launcher starts one
 process per rank with RANK/WORLD_SIZE/MASTER_ADDR set; on a CPU-only machine
 DeepSpeed's CPU accelerator makes those CPU ranks). ``datascale launch
@@ -147,7 +147,7 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--master-addr", help="address of rank 0 (default: the first host)")
     parser.add_argument("--master-port", type=int, help="rendezvous port (default: a free port)")
     parser.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
-    parser.add_argument("stage", choices=["pretrain", "dedup"], help="the stage to launch")
+    parser.add_argument("stage", choices=["pretrain", "finetune", "dedup"], help="the stage to launch")
     parser.add_argument("stage_args", nargs=argparse.REMAINDER,
                         help="arguments of the stage, as for `datascale STAGE ...`")
 

@@ -109,22 +109,31 @@ def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_cluster_study_launches_pretraining_and_embedding(tmp_path, capsys):
+def test_cluster_study_launches_pretraining_embedding_and_finetuning(tmp_path, capsys):
     hosts = tmp_path / "hosts"
     hosts.write_text("a slots=8\nb slots=8\n")
     assert cli.main(["study", "studies/tiny", "--set", f"out={tmp_path / 'c'}", "--set", "launcher=deepspeed",
-                     "--set", f"hostfile={hosts}", "--set", "pretrain.nproc=8", "--dry-run"]) == 0
+                     "--set", f"hostfile={hosts}", "--set", "pretrain.nproc=8", "--set", "finetune.nproc=2",
+                     "--dry-run"]) == 0
     printed = capsys.readouterr().out
     launched = [line for line in printed.splitlines() if line.startswith("datascale launch")]
-    assert len(launched) == 3 + 1  # every pretraining run + the pool embedding
+    # every pretraining run + the pool embedding + every fine-tuning run (3 tasks x 2 modes x 4 inits)
+    assert len(launched) == 3 + 1 + 3 * 2 * 4
     assert all(f"--hostfile {hosts}" in line for line in launched)
+    finetunes = [line for line in launched if " finetune " in line]
+    assert len(finetunes) == 3 * 2 * 4
+    assert all("--num-nodes 1 --nproc 2 finetune --task" in line for line in finetunes)
+    assert not any(line.startswith("datascale finetune") for line in printed.splitlines())
 
 
 def test_the_paper_study_config_is_valid(capsys):
     assert cli.main(["study", "studies/jft300m", "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert "pretrain --config pretrain/jft300m_resnet101" in printed
-    assert sum(line.startswith("datascale finetune") for line in printed.splitlines()) == 3 * 2 * 5 * 3
+    # On the cluster: `launch --hostfile H --num-nodes 1 --nproc 2 finetune ...`, data-parallel.
+    finetunes = [line for line in printed.splitlines()
+                 if line.startswith("datascale launch") and " --nproc 2 finetune " in line]
+    assert len(finetunes) == 3 * 2 * 5 * 3
 
 
 @pytest.mark.parametrize("override, message", [

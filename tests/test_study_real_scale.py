@@ -16,6 +16,7 @@ import yaml
 from datascale import cli
 from datascale.config import load_config
 from datascale.errors import ConfigError
+from datascale.launch import strip_launch_args
 from scaling.pretrain.config import PretrainConfig
 from scaling.tasks.config import FinetuneConfig
 
@@ -24,8 +25,8 @@ def _commands(capsys) -> list[list[str]]:
     assert cli.main(["study", "studies/jft300m", "--dry-run"]) == 0
     lines = [line.split("  #")[0] for line in capsys.readouterr().out.splitlines()]
     commands = [shlex.split(line)[1:] for line in lines if line.startswith("datascale ")]
-    # `launch --hostfile H --nproc N STAGE ...` runs STAGE on the cluster: check STAGE's config.
-    return [argv[5:] if argv[0] == "launch" else argv for argv in commands]
+    # `launch --hostfile H [--num-nodes 1] --nproc N STAGE ...` runs STAGE on the cluster: check STAGE's config.
+    return [strip_launch_args(argv[1:]) if argv[0] == "launch" else argv for argv in commands]
 
 
 def _resolved(argv: list[str], capsys) -> dict:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
 from datascale.cli import add_config_args, add_shortcut, config_from_args, override_value, locks_output, subcommand
 from datascale.errors import ConfigError
+from datascale.launch import deepspeed_command, launched_by_deepspeed, run_launcher, strip_launch_args
 from scaling.tasks import TASKS, check_task
 from scaling.tasks.config import FinetuneConfig
 
@@ -46,11 +48,19 @@ def print_metrics(label: str, result: dict, metrics_file: Path) -> None:
 
 
 def _command(args: argparse.Namespace) -> int:
+    cfg = config_from_cli(args)
+    if args.nproc > 1 and not launched_by_deepspeed():
+        from scaling.finetune.distributed import check_world  # torch
+
+        import torch
+
+        check_world(cfg, args.nproc, torch.cuda.is_available())  # refused before N processes start
+        return run_launcher(deepspeed_command(strip_launch_args(args.argv), nproc=args.nproc))
     from scaling.finetune.loop import METRICS_FILE, run_finetune  # torch
 
-    cfg = config_from_cli(args)
     result = run_finetune(cfg, args.out, force=args.force)
-    print_metrics(f"{cfg.task} {cfg.mode}", result, Path(args.out) / METRICS_FILE)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print_metrics(f"{cfg.task} {cfg.mode}", result, Path(args.out) / METRICS_FILE)
     return 0
 
 
@@ -60,7 +70,14 @@ def register_cli(subparsers: Any) -> None:
                         help="fine-tune a backbone on detection, segmentation or pose (frozen or not)",
                         description="Fine-tune a backbone on a downstream task (frozen or fine-tuned) and "
                                     "evaluate it on the original and the de-duplicated test set. Flags are "
-                                    "shorthands for --set; of a flag and a --set of one key, the later wins.")
+                                    "shorthands for --set; of a flag and a --set of one key, the later wins. "
+                                    "On N ranks (--nproc N, or `datascale launch finetune`): train.batch_size "
+                                    "is the global batch and must divide by N (each rank trains on its "
+                                    "disjoint share); dist.lr_scaling=none|linear (train.lr x batch_size / "
+                                    "dist.reference_batch); dist.batchnorm=frozen|sync for the batch norms "
+                                    "that train.bn_stats=update lets update (fixed ones stay fixed); rank 0 "
+                                    "evaluates and writes; dist.log_samples=true logs each rank's samples. "
+                                    "train.precision=auto|fp32|bf16|fp16 is the GPU autocast (fp32 on CPU).")
     add_shortcut(parser, "--task", key="task", choices=tuple(TASKS),
                  help="downstream task; its built-in config finetune/TASK is the default --config")
     add_shortcut(parser, "--mode", key="mode", choices=("frozen", "finetune"),
@@ -77,5 +94,8 @@ def register_cli(subparsers: Any) -> None:
     add_shortcut(parser, "--steps", key="train.steps", type=int, help="optimizer steps")
     add_shortcut(parser, "--seed", key="seed", type=int, help="random seed")
     parser.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="data-parallel ranks on this machine (DDP, started through the DeepSpeed launcher); "
+                             "train.batch_size is the global batch, split over them (dist.* keys)")
     locks_output(parser)
     add_config_args(parser, None, FinetuneConfig)

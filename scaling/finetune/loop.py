@@ -28,6 +28,11 @@ a run can be a teacher for ``datascale selftrain``.
 
 ``datascale selftrain`` runs this same loop with :class:`PseudoData`: every
 step then adds the loss of a batch of pseudo-labelled images, weighted.
+
+On N ranks (``--nproc N``, ``datascale launch finetune``) the same loop runs
+data-parallel (:mod:`scaling.finetune.distributed`): ``train.batch_size`` is
+the global batch, each rank trains on its disjoint share, rank 0 evaluates and
+writes the run folder. On a GPU the step runs in ``train.precision`` (autocast).
 """
 
 from __future__ import annotations
@@ -50,11 +55,12 @@ from datascale.atomic import atomic_path, write_json
 from datascale.errors import DatascaleError, DataError
 from datascale.lineage import config_record, mark_complete, prepare_output_dir, sha256_file
 from datascale.metrics_log import MetricsLog
+from scaling.finetune.distributed import World, distribute, join_world, rank_loader, to_device
 from scaling.models.backbones import build_backbone, fix_batchnorm_stats, freeze_stages, rescale_to_init_norm
 from scaling.models.files import backbone_paths, load_backbone
 from scaling.tasks import get_task
 from scaling.tasks.common import TEST_SETS
-from scaling.tasks.config import FinetuneConfig, TrainConfig, check_input_size
+from scaling.tasks.config import FinetuneConfig, TrainConfig, check_input_size, scaled_lr
 
 log = logging.getLogger(__name__)
 
@@ -94,16 +100,16 @@ class PseudoData:
 # --------------------------------------------------------------------------- optimizers
 
 
-def _sgd(params: list, train: TrainConfig):
-    return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+def _sgd(params: list, train: TrainConfig, lr: float):
+    return torch.optim.SGD(params, lr=lr, momentum=train.momentum, weight_decay=train.weight_decay)
 
 
-def _adamw(params: list, train: TrainConfig):
-    return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+def _adamw(params: list, train: TrainConfig, lr: float):
+    return torch.optim.AdamW(params, lr=lr, weight_decay=train.weight_decay)
 
 
-#: ``train.optimizer`` name -> factory(trainable parameters, train config).
-OPTIMIZERS: dict[str, Callable[[list, TrainConfig], Any]] = {"sgd": _sgd, "adamw": _adamw}
+#: ``train.optimizer`` name -> factory(trainable parameters, train config, learning rate).
+OPTIMIZERS: dict[str, Callable[[list, TrainConfig, float], Any]] = {"sgd": _sgd, "adamw": _adamw}
 
 
 def lr_factor(step: int, train: TrainConfig) -> float:
@@ -114,8 +120,9 @@ def lr_factor(step: int, train: TrainConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def choose_threads(requested: int) -> int:
-    """CPU threads for torch: ``requested``, or (0) every core this process may use.
+def choose_threads(requested: int, ranks_here: int = 1) -> int:
+    """CPU threads for torch: ``requested``, or (0) every core this process may use,
+    shared out between the ``ranks_here`` ranks of a distributed run on this machine.
 
     The default depends only on the machine, never on its momentary load, so
     that a run repeated (or resumed by the study) computes the same numbers:
@@ -127,7 +134,7 @@ def choose_threads(requested: int) -> int:
     """
     if requested:
         return requested
-    return max(1, len(os.sched_getaffinity(0)))
+    return max(1, len(os.sched_getaffinity(0)) // ranks_here)
 
 
 # --------------------------------------------------------------------------- backbone + lineage
@@ -188,58 +195,65 @@ def _batches(loader):
         yield from loader
 
 
-def _loader(task, dataset, cfg: FinetuneConfig, batch_size: int, seed: int):
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, collate_fn=task.collate,
-        generator=torch.Generator().manual_seed(seed), num_workers=cfg.data.num_workers,
-        drop_last=len(dataset) > batch_size,
-        persistent_workers=cfg.data.num_workers > 0)  # workers keep their image caches across passes
-
-
-def _step_terms(task, model, batches, pseudo: PseudoData | None, pseudo_batches) -> dict:
+def _step_terms(task, model, batch, pseudo: PseudoData | None, pseudo_batches, world: World) -> dict:
     """The named loss terms of one step: the labelled batch's, then the pseudo batch's (scaled)."""
-    terms = task.loss(model, next(batches))
+    with world.autocast():
+        terms = task.loss(model, to_device(batch, world.device))
     if pseudo is not None:
-        pseudo_terms = task.loss(model, next(pseudo_batches))
+        with world.autocast():
+            pseudo_terms = task.loss(model, to_device(next(pseudo_batches), world.device))
         factor = pseudo.scale(float(sum(terms.values()).detach()), float(sum(pseudo_terms.values()).detach()))
         terms.update({f"pseudo_{k}": factor * v for k, v in pseudo_terms.items()})
     return terms
 
 
 def train(task, model, train_set, cfg: FinetuneConfig, metrics: MetricsLog, progress: dict,
-          pseudo: PseudoData | None = None) -> None:
+          pseudo: PseudoData | None = None, world: World = World(), sample_log: Path | None = None) -> None:
     """Run ``cfg.train.steps`` optimizer steps; log to metrics.jsonl every ``log_every`` steps.
 
-    Raises DatascaleError when the loss becomes NaN or inf. Memory: one batch
-    plus the model's activations; time: steps x step time (benchmarks/bench_finetune.py).
+    On several ranks ``model`` is DDP-wrapped, each rank trains on its share of
+    every global batch and logged losses are means over the ranks. With
+    ``sample_log``, each step's dataset indices are appended to it. Raises
+    DatascaleError (on every rank) when the loss becomes NaN or inf. Memory: one
+    batch plus the model's activations; time: steps x step time (benchmarks/bench_finetune.py).
     """
     t = cfg.train
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = OPTIMIZERS[t.optimizer](params, t)
+    optimizer = OPTIMIZERS[t.optimizer](params, t, scaled_lr(cfg))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, t))
-    batches = _batches(_loader(task, train_set, cfg, t.batch_size, cfg.seed))
-    pseudo_batches = (_batches(_loader(task, pseudo.dataset, cfg, pseudo.batch_size, cfg.seed + 1))
-                      if pseudo is not None else None)
+    scaler = torch.amp.GradScaler(world.device.type, enabled=world.precision == "fp16")
+    batches = _batches(rank_loader(train_set, task.collate, t.batch_size, cfg.seed, cfg.data.num_workers, world))
+    pseudo_batches = (_batches(rank_loader(pseudo.dataset, task.collate, pseudo.batch_size, cfg.seed + 1,
+                                           cfg.data.num_workers, world)) if pseudo is not None else None)
     model.train()
     started = time.perf_counter()
-    bar = tqdm(range(1, t.steps + 1), desc=f"finetune {task.name} ({cfg.mode})", unit="step", disable=None)
+    bar = tqdm(range(1, t.steps + 1), desc=f"finetune {task.name} ({cfg.mode})", unit="step",
+               disable=None if world.main else True)
     for step in bar:
         progress["step"] = step
-        terms = _step_terms(task, model, batches, pseudo, pseudo_batches)
+        batch = next(batches)
+        if sample_log is not None:
+            with open(sample_log, "a", encoding="utf-8") as handle:
+                handle.write("".join(f"{step}\t{i}\n" for i in task.indices(batch)))
+        terms = _step_terms(task, model, batch, pseudo, pseudo_batches, world)
         loss = sum(terms.values())
-        if not torch.isfinite(loss):
+        if world.any(not torch.isfinite(loss).item()):
             values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-            raise DatascaleError(f"the training loss became {loss.item()} at step {step} ({values}); "
-                                 f"lower train.lr (now {t.lr}) or check the annotations")
+            raise DatascaleError(f"the training loss became {loss.item()} at step {step} ({values}) "
+                                 f"on rank {world.rank} of {world.size}; lower train.lr (now {t.lr}) "
+                                 "or check the annotations")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()  # DDP averages the gradients over the ranks here
         if t.clip_grad_norm:
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, t.clip_grad_norm)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         schedule.step()
         if step % t.log_every == 0 or step == t.steps:
             elapsed = time.perf_counter() - started
-            record = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in terms.items()},
+            values = world.mean([loss.item(), *(v.item() for v in terms.values())])
+            record = {"step": step, "loss": values[0], **dict(zip(terms, values[1:])),
                       "lr": optimizer.param_groups[0]["lr"], "seconds_per_step": elapsed / step}
             metrics.write(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
@@ -275,10 +289,11 @@ def estimate_batchnorm_stats(task, backbone, cfg: FinetuneConfig, train_set, met
     return seen
 
 
-def prepare(task, cfg: FinetuneConfig, backbone, meta: dict) -> tuple[Any, Any, dict]:
+def prepare(task, cfg: FinetuneConfig, backbone, meta: dict, world_size: int = 1) -> tuple[Any, Any, dict]:
     """Seed, freeze (by mode), read and check the data, build the task model.
 
-    Returns (model, training set, {test set name: test set}); the cleaned test
+    On more than one rank with ``dist.batchnorm=frozen``, every batch norm of
+    the backbone keeps its statistics, as with ``train.bn_stats=frozen``. Returns (model, training set, {test set name: test set}); the cleaned test
     set is present only when ``data.cleaned_test`` is set.
     """
     torch.manual_seed(cfg.seed)
@@ -294,8 +309,9 @@ def prepare(task, cfg: FinetuneConfig, backbone, meta: dict) -> tuple[Any, Any, 
     if cfg.mode == "frozen":
         frozen = freeze_stages(backbone)
         log.info("frozen mode: %d parameters of conv1..conv4 fixed, with their batch-norm statistics", frozen)
-    if cfg.train.bn_stats == "frozen":
-        log.info("bn_stats=frozen: %d batch norms keep their statistics", fix_batchnorm_stats(backbone))
+    if cfg.train.bn_stats == "frozen" or (world_size > 1 and cfg.dist.batchnorm == "frozen"):
+        setting = "bn_stats=frozen" if cfg.train.bn_stats == "frozen" else f"{world_size} ranks, dist.batchnorm=frozen"
+        log.info("%s: %d batch norms keep their statistics", setting, fix_batchnorm_stats(backbone))
     tests = {name: task.load_test(cfg, name) for name in TEST_SETS}
     tests = {name: data for name, data in tests.items() if data is not None}
     for data in tests.values():
@@ -313,26 +329,40 @@ def save_model(out_dir: Path, model, cfg: FinetuneConfig, meta: dict) -> None:
 
 
 def train_and_evaluate(task, cfg: FinetuneConfig, backbone, meta: dict, out_dir: Path,
-                       progress: dict, pseudo_data: Callable | None = None) -> tuple[dict, dict, dict]:
+                       progress: dict, pseudo_data: Callable | None = None,
+                       world: World = World()) -> tuple[dict, dict, dict]:
     """prepare, train, evaluate every test set, save the model.
 
     ``pseudo_data(task, cfg, train_set)``: the :class:`PseudoData` to train beside the
     labelled set (self-training), or None. Returns (metrics by test set, skip counts,
-    training data facts for metrics.json).
+    training data facts for metrics.json); on ranks other than 0, which neither
+    evaluate nor save, the metrics are {}.
     """
-    model, train_set, tests = prepare(task, cfg, backbone, meta)
+    model, train_set, tests = prepare(task, cfg, backbone, meta, world.size)
     pseudo = pseudo_data(task, cfg, train_set) if pseudo_data is not None else None
     data = {"labelled_fraction": cfg.data.labelled_fraction, "labelled_images": task.train_images(train_set)}
     if pseudo is not None:
         data["pseudo_images"] = len(pseudo.dataset)
-    metrics_log = MetricsLog(out_dir / METRICS_LOG, cfg.logging, out_dir.name)
+    if world.rank:  # the model is set up alike on every rank; the ranks' data draws differ
+        torch.manual_seed(cfg.seed * 1_000_003 + world.rank)
+        random.seed(cfg.seed * 1_000_003 + world.rank)
+        np.random.seed(cfg.seed * 1_000_003 + world.rank)
+    sample_log = None
+    if cfg.dist.log_samples:
+        sample_log = out_dir / "data" / f"samples-rank{world.rank}.txt"
+        sample_log.parent.mkdir(exist_ok=True)
+        sample_log.unlink(missing_ok=True)
+    metrics_log = MetricsLog(out_dir / METRICS_LOG, cfg.logging, out_dir.name, enabled=world.main)
+    metrics: dict = {}
     try:
-        train(task, model, train_set, cfg, metrics_log, progress, pseudo)
-        save_model(out_dir, model, cfg, meta)
-        cache: dict = {}
-        metrics = {name: task.evaluate(model, data, cfg, cache) for name, data in tests.items()}
-        flat = {f"{name}/{key}": value for name, values in metrics.items() for key, value in values.items()}
-        metrics_log.write({"step": cfg.train.steps, **flat})
+        train(task, distribute(model, cfg, world), train_set, cfg, metrics_log, progress, pseudo, world,
+              sample_log)
+        if world.main:
+            save_model(out_dir, model, cfg, meta)
+            cache: dict = {}
+            metrics = {name: task.evaluate(model, data, cfg, cache) for name, data in tests.items()}
+            flat = {f"{name}/{key}": value for name, values in metrics.items() for key, value in values.items()}
+            metrics_log.write({"step": cfg.train.steps, **flat})
     finally:
         metrics_log.close()
     skipped = {"train": dict(train_set.skipped), **{n: dict(d.skipped) for n, d in tests.items()}}
@@ -348,14 +378,18 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path, *, force: bool = Fals
     error, failed.json ({"error", "step"}) is written and the error re-raised.
     ``datascale selftrain`` passes its ``stage``, ``extra`` (config.yaml entries;
     its ``lineage`` mapping updates the run's), ``extra_inputs`` (more hashed
-    input files) and ``pseudo_data`` (see :func:`train_and_evaluate`).
+    input files) and ``pseudo_data`` (see :func:`train_and_evaluate`). Under a
+    launcher (RANK/WORLD_SIZE set) every rank calls it; rank 0 writes the run
+    folder and every rank returns rank 0's metrics.
     """
     out_dir = Path(out_dir)
     task = get_task(cfg.task)
+    world = join_world(cfg)
     previous_threads = torch.get_num_threads()
-    threads = choose_threads(cfg.train.threads)
+    threads = choose_threads(cfg.train.threads, world.local_size if world.device.type == "cpu" else 1)
     torch.set_num_threads(threads)
-    log.info("%s %s: %d CPU threads", cfg.task, cfg.mode, threads)
+    log.info("%s %s: %d CPU threads, rank %d of %d on %s (%s)", cfg.task, cfg.mode, threads, world.rank,
+             world.size, world.device, world.precision)
     try:
         backbone, meta = initial_backbone(cfg, task.dilation(cfg))
         check_input_size(cfg, backbone.arch)  # the architecture a backbone.json named
@@ -365,24 +399,29 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path, *, force: bool = Fals
         if lineage["backbone"] is not None:
             inputs["backbone"] = Path(lineage["backbone"])
         record = config_record(stage, cfg, inputs, extra={**extra, "lineage": lineage})
-        state = prepare_output_dir(out_dir, record, force=force)
+        state = world.share(prepare_output_dir(out_dir, record, force=force) if world.main else None)
         if state == "complete":
             log.info("%s is complete for this config; nothing to do", out_dir)
-            return json.loads((out_dir / METRICS_FILE).read_text(encoding="utf-8"))
-        for stale in (METRICS_LOG, FAILED_FILE):  # an interrupted run restarts from step 0
-            (out_dir / stale).unlink(missing_ok=True)
+            return world.share(json.loads((out_dir / METRICS_FILE).read_text(encoding="utf-8"))
+                               if world.main else None)
+        if world.main:
+            for stale in (METRICS_LOG, FAILED_FILE):  # an interrupted run restarts from step 0
+                (out_dir / stale).unlink(missing_ok=True)
         progress = {"step": 0}
         started = time.perf_counter()
         try:
             metrics, skipped, data = train_and_evaluate(task, cfg, backbone, meta, out_dir, progress,
-                                                        pseudo_data)
+                                                        pseudo_data, world)
         except BaseException as exc:
-            write_json(out_dir / FAILED_FILE, {"error": f"{type(exc).__name__}: {exc}", "step": progress["step"]})
+            if world.main:
+                write_json(out_dir / FAILED_FILE, {"error": f"{type(exc).__name__}: {exc}",
+                                                   "step": progress["step"]})
             raise
         result = {"task": cfg.task, "steps": cfg.train.steps, **data, "metrics": metrics}
-        write_json(out_dir / METRICS_FILE, result)
-        mark_complete(out_dir, {"seconds": round(time.perf_counter() - started, 2), "skipped": skipped,
-                                "primary_metric": task.primary_metric})
-        return result
+        if world.main:
+            write_json(out_dir / METRICS_FILE, result)
+            mark_complete(out_dir, {"seconds": round(time.perf_counter() - started, 2), "skipped": skipped,
+                                    "primary_metric": task.primary_metric, "world_size": world.size})
+        return world.share(result)  # the other ranks waited here while rank 0 evaluated
     finally:
         torch.set_num_threads(previous_threads)

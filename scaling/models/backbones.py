@@ -244,6 +244,19 @@ def _with_fixed_stats(bn: nn.BatchNorm2d) -> FixedStatsBatchNorm2d:
     return fixed
 
 
+def _replace_batchnorms(module: nn.Module, convert) -> int:
+    """Replace, in place, every BatchNorm2d inside ``module`` for which ``convert`` returns a layer."""
+    replaced = 0
+    for name, child in module.named_children():
+        new = convert(child) if isinstance(child, nn.BatchNorm2d) else None
+        if new is not None:
+            setattr(module, name, new)
+            replaced += 1
+        else:
+            replaced += _replace_batchnorms(child, convert)
+    return replaced
+
+
 def fix_batchnorm_stats(module: nn.Module) -> int:
     """Replace every BatchNorm2d inside ``module`` by FixedStatsBatchNorm2d, in place.
 
@@ -251,14 +264,19 @@ def fix_batchnorm_stats(module: nn.Module) -> int:
     task model: containers built earlier still hold the old layers. Returns
     the number of layers replaced.
     """
-    replaced = 0
-    for name, child in module.named_children():
-        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, FixedStatsBatchNorm2d):
-            setattr(module, name, _with_fixed_stats(child))
-            replaced += 1
-        else:
-            replaced += fix_batchnorm_stats(child)
-    return replaced
+    return _replace_batchnorms(module, lambda bn: None if isinstance(bn, FixedStatsBatchNorm2d)
+                               else _with_fixed_stats(bn))
+
+
+def sync_batchnorms(module: nn.Module) -> int:
+    """Replace every batch norm of ``module`` that updates its statistics by a SyncBatchNorm, in place.
+
+    Statistics are then computed over the batches of every rank (GPU only). Fixed
+    ones (FixedStatsBatchNorm2d: frozen stages, ``bn_stats=frozen``) stay fixed;
+    parameters and statistics are shared, not copied. Returns the number replaced.
+    """
+    return _replace_batchnorms(module, lambda bn: None if isinstance(bn, FixedStatsBatchNorm2d)
+                               else nn.SyncBatchNorm.convert_sync_batchnorm(bn))
 
 
 def freeze_stages(backbone: Backbone, stages: Iterable[str] = FROZEN_STAGES) -> int:

@@ -165,14 +165,21 @@ def grad_accumulation(cfg: PretrainConfig, world_size: int) -> int:
     return cfg.schedule.global_batch // per_step
 
 
-def resolve_precision(cfg: PretrainConfig, cuda: bool, bf16_ok: bool) -> str:
-    """The precision to train in: ``auto`` is bf16 on a bf16 GPU, fp16 on other GPUs, fp32 on CPU."""
-    wanted = cfg.deepspeed.precision
+def pick_precision(wanted: str, key: str, cuda: bool, bf16_ok: bool) -> str:
+    """The precision to train in: ``auto`` is bf16 on a bf16 GPU, fp16 on other GPUs, fp32 on CPU.
+
+    ``key`` names the setting in the error for bf16/fp16 on a machine without a GPU.
+    """
     if wanted == "auto":
         return ("bf16" if bf16_ok else "fp16") if cuda else "fp32"
     if wanted != "fp32" and not cuda:
-        raise ConfigError(f"deepspeed.precision={wanted} needs a GPU; this machine has none (use fp32 or auto)")
+        raise ConfigError(f"{key}={wanted} needs a GPU; this machine has none (use fp32 or auto)")
     return wanted
+
+
+def resolve_precision(cfg: PretrainConfig, cuda: bool, bf16_ok: bool) -> str:
+    """:func:`pick_precision` of ``deepspeed.precision``."""
+    return pick_precision(cfg.deepspeed.precision, "deepspeed.precision", cuda, bf16_ok)
 
 
 def deepspeed_json(cfg: PretrainConfig, world_size: int, precision: str) -> dict:

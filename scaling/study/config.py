@@ -98,8 +98,12 @@ class FinetuneSection:
     # (no suffix in the run's name), so adding a value never renames a run.
     augment: list[str] = field(default_factory=list)            # train.augment levels
     labelled_fraction: list[float] = field(default_factory=list)  # data.labelled_fraction
+    # Ranks of each fine-tuning run on a cluster (launcher: deepspeed): `launch --num-nodes 1
+    # --nproc N finetune ...`, data-parallel on one node; every task's train.batch_size must divide by it.
+    nproc: int = 1
 
     def validate(self) -> None:
+        require(self.nproc >= 1, "nproc", "must be >= 1")
         for task in self.tasks:
             require(task in TASKS, "tasks", f"unknown task {task!r}; registered tasks: {', '.join(TASKS)}")
         for mode in self.modes:

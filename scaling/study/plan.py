@@ -268,7 +268,12 @@ def _plan_finetune(cfg, plan: Plan, root: Path, backbones: dict[str, Path], clea
                     argv += (["--backbone", str(backbone)] if backbone else ["--init", "random", "--arch", arch])
                     if task in cleaned:
                         argv += ["--cleaned-test", str(cleaned[task])]
-                    step = plan.add("finetune", f"{task} {mode} {init}{suffix} seed {seed}", argv, run)
+                    launched = cfg.launcher == "deepspeed"
+                    if launched:  # data-parallel on one node of the cluster (scaling.finetune.distributed)
+                        argv = ["launch", "--hostfile", cfg.hostfile, "--num-nodes", "1",
+                                "--nproc", str(cfg.finetune.nproc), *argv]
+                    step = plan.add("finetune", f"{task} {mode} {init}{suffix} seed {seed}", argv, run,
+                                    distributed=launched, subprocess=launched)
                     if init == "random" and mode == "finetune":
                         teachers.append(step)
     return teachers

@@ -67,7 +67,11 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def collate(self, items: list) -> Any:
-        """Batch a list of dataset items."""
+        """Batch a list of dataset items; the batch's last element is the items' dataset indices."""
+
+    def indices(self, batch: Any) -> list[int]:
+        """The dataset indices of a collated batch (``dist.log_samples``)."""
+        return [int(i) for i in batch[-1]]
 
     @abc.abstractmethod
     def loss(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
@@ -216,6 +220,13 @@ class Normalize(nn.Module):
         if images.dtype == torch.uint8:
             images = images.float().div_(255.0)
         return (images - self.mean) / self.std
+
+
+def model_device(model: Any) -> torch.device:
+    """Where ``model``'s weights are (its inputs go there); CPU for a model without parameters."""
+    parameters = getattr(model, "parameters", None)
+    first = next(iter(parameters()), None) if parameters is not None else None
+    return first.device if first is not None else torch.device("cpu")
 
 
 def image_stats(meta: dict) -> tuple[Sequence[float], Sequence[float]]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from datascale.config import require
+from datascale.errors import ConfigError
 from datascale.metrics_log import LoggingSection
 from scaling.models.registry import BACKBONES
 from scaling.tasks import TASKS
@@ -88,6 +89,9 @@ class TrainConfig:
     log_every: int = 10
     eval_batch_size: int = 16
     threads: int = 0  # torch CPU threads; 0 = every core this process may use (1 on a busy shared machine)
+    # auto: bf16 autocast on a bf16 GPU, fp16 (with a gradient scaler) on other GPUs, fp32 on CPU,
+    # the rule of pretraining's deepspeed.precision; bf16/fp16 need a GPU.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
     def validate(self) -> None:
         require(self.steps >= 1, "steps", f"must be at least 1, got {self.steps}")
@@ -107,6 +111,47 @@ class TrainConfig:
                 f"must lie in 0..30 (RandAugment's scale), got {self.augment_magnitude}")
         require(len(self.lsj_scale) == 2 and 0 < self.lsj_scale[0] <= self.lsj_scale[1], "lsj_scale",
                 f"needs [low, high] with 0 < low <= high, e.g. [0.1, 2.0]; got {self.lsj_scale}")
+
+
+@dataclass
+class DistConfig:
+    """Data-parallel fine-tuning (``finetune --nproc N``, ``launch finetune``): DDP, gloo on CPU, nccl on CUDA.
+
+    ``train.batch_size`` is the global batch: each of the N ranks trains on
+    batch_size / N disjoint samples of it per step (a batch that does not
+    divide is refused), so N ranks take the steps one rank takes. One process
+    runs exactly as without this section.
+    """
+
+    # The learning rate for the global batch: none = train.lr as given; linear = train.lr x
+    # train.batch_size / reference_batch (Goyal et al. 2017), for a train.lr tuned at reference_batch.
+    lr_scaling: Literal["none", "linear"] = "none"
+    reference_batch: int = 8
+    # The batch norms that update their statistics (train.bn_stats=update) on more than one rank:
+    # frozen = they keep their statistics, as train.bn_stats=frozen does; sync = SyncBatchNorm,
+    # statistics over the global batch as on one rank (GPU only: torch has no CPU SyncBatchNorm).
+    # Batch norms that are already fixed (frozen mode's conv1..conv4, bn_stats=frozen) stay fixed.
+    batchnorm: Literal["frozen", "sync"] = "frozen"
+    log_samples: bool = False  # data/samples-rank{R}.txt: "step<TAB>dataset index" per sample trained on
+
+    def validate(self) -> None:
+        require(self.reference_batch >= 1, "reference_batch", "must be at least 1")
+
+
+def per_rank_batch(cfg: "FinetuneConfig", world_size: int) -> int:
+    """The samples each of ``world_size`` ranks trains on per step; ConfigError unless it divides."""
+    batch = cfg.train.batch_size
+    if batch % world_size:
+        raise ConfigError(f"train.batch_size={batch} (the global batch) does not divide over {world_size} "
+                          f"ranks; set train.batch_size to a multiple of {world_size} or change --nproc")
+    return batch // world_size
+
+
+def scaled_lr(cfg: "FinetuneConfig") -> float:
+    """``train.lr`` after ``dist.lr_scaling`` (the same at any number of ranks: the global batch is)."""
+    if cfg.dist.lr_scaling == "linear":
+        return cfg.train.lr * cfg.train.batch_size / cfg.dist.reference_batch
+    return cfg.train.lr
 
 
 @dataclass
@@ -189,6 +234,7 @@ class FinetuneConfig:
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     pose: PoseConfig = field(default_factory=PoseConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     logging: LoggingSection = field(default_factory=LoggingSection)
 
     def validate(self) -> None:

@@ -31,7 +31,7 @@ from scaling.models.backbones import Backbone
 from scaling.tasks.augment import Augment, Sample
 from scaling.tasks.coco_data import CocoSet, CocoTask
 from scaling.tasks.coco_eval import coco_metrics
-from scaling.tasks.common import ImageCache, image_stats, read_image, to_tensor
+from scaling.tasks.common import ImageCache, image_stats, model_device, read_image, to_tensor
 from scaling.tasks.config import FinetuneConfig
 
 log = logging.getLogger(__name__)
@@ -168,10 +168,12 @@ class DetectionTask(CocoTask):
         """Fill ``cache[image key]`` with COCO-format detections (no image_id) in original pixels."""
         todo = [i for i in range(len(dataset)) if dataset.key(i) not in cache]
         model.eval()
+        device = model_device(model)
         for start in range(0, len(todo), batch_size):
             items = [dataset[i] for i in todo[start:start + batch_size]]
-            outputs = model([image for image, _, _ in items])
+            outputs = model([image.to(device) for image, _, _ in items])
             for (image, _, index), out in zip(items, outputs):
+                out = {key: value.cpu() for key, value in out.items()}
                 record = dataset.coco.images[index]  # width/height are the file's (checked on reading)
                 sx, sy = image.shape[-1] / record["width"], image.shape[-2] / record["height"]
                 boxes = out["boxes"] / torch.tensor([sx, sy, sx, sy])

@@ -25,7 +25,7 @@ from scaling.models.backbones import Backbone
 from scaling.tasks.augment import Augment, Sample, flip_pairs
 from scaling.tasks.coco_data import CocoSet, CocoTask, keypoint_sigmas
 from scaling.tasks.coco_eval import coco_metrics
-from scaling.tasks.common import ImageCache, Normalize, read_image, to_tensor
+from scaling.tasks.common import ImageCache, Normalize, model_device, read_image, to_tensor
 from scaling.tasks.config import FinetuneConfig, PoseConfig
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,8 @@ def gaussian_targets(keypoints: torch.Tensor, shape: tuple[int, int], stride: fl
     h, w = shape
     centre_x = keypoints[..., 0] / stride - 0.5
     centre_y = keypoints[..., 1] / stride - 0.5
-    xs = torch.arange(w, dtype=torch.float32).view(1, 1, 1, w)
-    ys = torch.arange(h, dtype=torch.float32).view(1, 1, h, 1)
+    xs = torch.arange(w, dtype=torch.float32, device=keypoints.device).view(1, 1, 1, w)
+    ys = torch.arange(h, dtype=torch.float32, device=keypoints.device).view(1, 1, h, 1)
     dist = (xs - centre_x[..., None, None]) ** 2 + (ys - centre_y[..., None, None]) ** 2
     inside = (centre_x > -0.5) & (centre_x < w - 0.5) & (centre_y > -0.5) & (centre_y < h - 0.5)
     weights = ((keypoints[..., 2] > 0) & inside).float()
@@ -166,7 +166,7 @@ class PoseTask(CocoTask):
 
     def loss(self, model: PoseNet, batch) -> dict[str, torch.Tensor]:
         crops, keypoints, _ = batch
-        heatmaps = model(crops)
+        heatmaps = model(crops).float()  # the loss in fp32 also under autocast
         stride = crops.shape[-1] / heatmaps.shape[-1]
         targets, weights = gaussian_targets(keypoints, heatmaps.shape[-2:], stride, model.heatmap_sigma)
         # Squared error summed over each heatmap, averaged over labelled keypoints.
@@ -177,11 +177,12 @@ class PoseTask(CocoTask):
     def predict(self, model: PoseNet, dataset: PoseDataset, batch_size: int, cache: dict) -> None:
         """Fill ``cache[person key]`` with (keypoints [x, y, 1] * K in original pixels, score)."""
         model.eval()
+        device = model_device(model)
         todo = [i for i in range(len(dataset)) if dataset.key(i) not in cache]
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             crops = torch.stack([dataset[i][0] for i in chunk])
-            heatmaps = model(crops)
+            heatmaps = model(crops.to(device)).float().cpu()
             points, peaks = decode_heatmaps(heatmaps, crops.shape[-1] / heatmaps.shape[-1])
             for index, xy, peak in zip(chunk, points, peaks):
                 x0, y0, side = dataset.crop_box(index)

@@ -31,7 +31,8 @@ from datascale.formats import voc
 from scaling.models.backbones import Backbone
 from scaling.tasks.augment import Augment, Sample
 from scaling.tasks.common import (ImageCache, Normalize, Task, as_file, cleaned_path, image_size_of,
-                                  labelled_subset, read_image, report_skips, split_paths, to_tensor)
+                                  labelled_subset, model_device, read_image, report_skips, split_paths,
+                                  to_tensor)
 from scaling.tasks.config import FinetuneConfig
 
 log = logging.getLogger(__name__)
@@ -218,11 +219,12 @@ class SegmentationTask(Task):
                  cache: dict) -> dict[str, float]:
         """Per-image confusion matrices at original resolution (cached: the cleaned set sums a subset)."""
         model.eval()
+        device = model_device(model)
         num_classes = len(dataset.voc.class_names)
         todo = [i for i in range(len(dataset)) if dataset.key(i) not in cache]
         for start in range(0, len(todo), cfg.train.eval_batch_size):
             chunk = todo[start:start + cfg.train.eval_batch_size]
-            scores = model(torch.stack([dataset[i][0] for i in chunk]))
+            scores = model(torch.stack([dataset[i][0] for i in chunk]).to(device)).float().cpu()
             for index, score in zip(chunk, scores):
                 target = voc.read_mask(dataset.voc.masks[index], num_classes)
                 full = F.interpolate(score[None], size=target.shape, mode="bilinear", align_corners=False)
