@@ -39,6 +39,15 @@ def launched_by_deepspeed() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def rank_from_env(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world_size) from the arguments, else ``RANK``/``WORLD_SIZE``, else (0, 1)."""
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} of world size {world_size}: need 0 <= rank < world_size")
+    return rank, world_size
+
+
 def ensure_process_group_env() -> None:
     """Make a plain single process look like rank 0 of 1 for torch.distributed.
 
