@@ -1,0 +1,182 @@
+"""``shards write`` on many ranks: one rank-ordered shard set, byte-identical to a one-machine run.
+
+Rank r of W (``RANK``/``WORLD_SIZE`` from the DeepSpeed launcher or torchrun,
+or ``--rank``/``--world-size``), all writing one output folder on a shared
+filesystem:
+
+1. bucket the input records i with ``i % W == r`` (i counts the input in
+   reading order, so the (rank, key, i) sort ties break as on one machine)
+   into this rank's own files, ``.work/wW/buckets/rank-R/``;
+2. settle the bucket tree: the ranks exchange per-bucket counts and each
+   splits its own file of every bucket whose *summed* count exceeds
+   ``bucket_records`` (:func:`data_tools.shards.buckets.settle_buckets`), so
+   all hold the buckets one machine would hold (one round per tree level);
+3. plan the groups from the summed counts, the same plan on every rank, so
+   the same shard numbers as one machine; write the shards of groups g with
+   ``g % W == r``, each group merging all ranks' files of its buckets;
+4. once every rank has written its shards, rank 0 assembles manifest.parquet,
+   sizes.json and the card from the shards' parts.
+
+The barrier is done-marker files in the shared output's ``.work`` folder,
+polled, not torch.distributed, because
+
+- shard writing needs no torch, and a rank can be started by anything: the
+  DeepSpeed launcher, torchrun, a batch-scheduler array job, a shell on each
+  machine;
+- a rank killed and rerun rejoins where it stopped: the markers of the steps
+  it (and the others) passed are still on disk, whereas a gloo group dies
+  with any of its processes and cannot be re-entered by one of them;
+- the ranks need a shared filesystem anyway (each reads all ranks' bucket
+  files), so the markers need nothing more: no rendezvous port, no network
+  between the machines beyond the filesystem.
+
+The cost is polling (``poll`` seconds) and a timeout for a rank that never
+comes, which names the missing ranks; a rank that fails with an error leaves a
+failure marker, so the others stop at once with its message.
+Memory: a rank holds what one machine's run holds (``bucket_records``
+records at most) plus one count per bucket.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datascale.atomic import write_json, write_text
+from datascale.errors import DataError
+from datascale.lineage import is_complete, read_config_record, same_lineage
+
+log = logging.getLogger(__name__)
+
+BARRIER_TIMEOUT = 24 * 3600.0  # a slow rank is not a missing one: the longest step, on the slowest rank
+
+
+class BarrierTimeout(DataError):
+    """Some ranks did not reach a barrier in time."""
+
+
+class RankFailed(DataError):
+    """Another rank stopped with an error."""
+
+
+@dataclass
+class Ranks:
+    """This process's place among the ranks, and the shared folder where they meet.
+
+    ``folder``: the ranks' work folder (``OUT/.work/wW``); with one rank
+    nothing is written there and :meth:`exchange` returns at once.
+    """
+
+    folder: Path
+    rank: int = 0
+    world_size: int = 1
+    timeout: float = BARRIER_TIMEOUT
+    poll: float = 0.5
+    started: float = field(default_factory=time.time)
+
+    def _marker(self, step: str, rank: int) -> Path:
+        return self.folder / "barrier" / step / f"rank-{rank:05d}.json"
+
+    def bucket_folder(self, rank: int | None = None) -> Path:
+        """Where rank ``rank`` (default: this one) keeps its bucket files."""
+        return self.folder / "buckets" / f"rank-{self.rank if rank is None else rank:05d}"
+
+    def exchange(self, step: str, payload: dict, wait: bool = True) -> list[dict]:
+        """Publish this rank's ``payload`` for ``step`` and wait for every rank's; in rank order.
+
+        Idempotent: a rank that reruns a step it passed before rewrites the
+        same marker and finds the others' still there. ``wait=False``: only
+        publish (the last step, after which rank 0 removes the markers).
+        """
+        if self.world_size == 1:
+            return [payload]
+        write_json(self._marker(step, self.rank), payload)
+        if not wait:
+            return [payload]
+        deadline = time.monotonic() + self.timeout
+        logged = False
+        while True:
+            self._raise_if_failed()
+            missing = [r for r in range(self.world_size) if not self._marker(step, r).is_file()]
+            if not missing:
+                return [json.loads(self._marker(step, r).read_text(encoding="utf-8"))
+                        for r in range(self.world_size)]
+            if time.monotonic() > deadline:
+                raise BarrierTimeout(
+                    f"rank {self.rank} of {self.world_size}: timed out after {self.timeout:g} s at step "
+                    f"'{step}' waiting for rank(s) {', '.join(map(str, missing))} (no "
+                    f"{self._marker(step, missing[0]).parent}/rank-N.json); start the missing ranks "
+                    f"with the same command and --rank N --world-size {self.world_size}, or give "
+                    f"them more time with --barrier-timeout")
+            if not logged:
+                log.info("rank %d/%d: waiting at '%s' for rank(s) %s", self.rank, self.world_size,
+                         step, missing)
+                logged = True
+            time.sleep(self.poll)
+
+    def _failure(self, rank: int) -> Path:
+        return self.folder / "failed" / f"rank-{rank:05d}.txt"
+
+    def mark_failed(self, exc: BaseException) -> None:
+        """Leave this rank's error where the other ranks look while they wait."""
+        if self.world_size > 1:
+            write_text(self._failure(self.rank), f"{type(exc).__name__}: {exc}\n")
+
+    def clear_failure(self) -> None:
+        """Forget this rank's failure of an earlier attempt (it is being rerun)."""
+        self._failure(self.rank).unlink(missing_ok=True)
+
+    def _raise_if_failed(self) -> None:
+        # A failure older than this process is taken as being rerun along with it.
+        for rank in range(self.world_size):
+            path = self._failure(rank)
+            if rank != self.rank and path.is_file() and path.stat().st_mtime >= self.started - 1:
+                raise RankFailed(f"rank {rank} of {self.world_size} failed: "
+                                f"{path.read_text(encoding='utf-8').strip()}; fix that and rerun "
+                                "the ranks (each resumes where it stopped)")
+
+
+def wait_for_folder(out: Path, record: dict, timeout: float, poll: float = 0.5) -> str:
+    """A rank other than 0: wait until rank 0 has prepared ``out`` for ``record``.
+
+    Rank 0 alone checks, creates or (``--force``) replaces the folder, so
+    that no two ranks empty or judge it at once. Returns ``"complete"`` or
+    ``"resume"`` (as :func:`datascale.lineage.prepare_output_dir`).
+    """
+    deadline = time.monotonic() + timeout
+    while not same_lineage(read_config_record(out), record):
+        if time.monotonic() > deadline:
+            raise BarrierTimeout(
+                f"timed out after {timeout:g} s waiting for rank 0 to prepare {out} for this config "
+                "(its config.yaml); start rank 0 with the same command, and --force there if the "
+                "folder holds output of another config")
+        time.sleep(poll)
+    return "complete" if is_complete(out) else "resume"
+
+
+def merge_rank_states(states: list[dict]) -> dict:
+    """The bucket-pass state of the whole input from each rank's (skips summed)."""
+    skipped: collections.Counter = collections.Counter()
+    for state in states:
+        skipped.update(state["skipped"])
+    return {"skipped": dict(skipped), "has_true": any(s["has_true"] for s in states)}
+
+
+def assign_groups(groups: list[dict], ranks: Ranks) -> list[dict]:
+    """This rank's groups (``g % world_size == rank``), each listing every rank's bucket files.
+
+    ``groups`` name their buckets (:func:`data_tools.shards.buckets.bucket_name`),
+    as planned from the summed counts.
+    """
+    mine = []
+    for index, group in enumerate(groups):
+        if index % ranks.world_size != ranks.rank:
+            continue
+        paths = [str(ranks.bucket_folder(r) / f"{name}.jsonl")
+                 for name in group["buckets"] for r in range(ranks.world_size)]
+        mine.append({**group, "buckets": paths})
+    return mine
