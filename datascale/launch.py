@@ -156,7 +156,7 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--master-addr", help="address of rank 0 (default: the first host)")
     parser.add_argument("--master-port", type=int, help="rendezvous port (default: a free port)")
     parser.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
-    parser.add_argument("stage", choices=["pretrain", "dedup"], help="the stage to launch")
+    parser.add_argument("stage", choices=["pretrain", "dedup", "shards"], help="the stage to launch")
     parser.add_argument("stage_args", nargs=argparse.REMAINDER,
                         help="arguments of the stage, as for `datascale STAGE ...`")
 
