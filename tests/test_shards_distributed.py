@@ -87,7 +87,7 @@ def test_two_rank_processes_write_the_bytes_of_one_rank(world, one_rank, tmp_pat
              _cli(world, out, env={"RANK": "1", "WORLD_SIZE": "2"})]
     printed = [_finish(p) for p in ranks]
     assert "300 images in 31 shards" in printed[0]
-    assert "rank 1 of 2: its" in printed[1]
+    assert "rank 1 of 2: its 16 of 31 shards" in printed[1]  # contiguous halves: 15 + 16
     assert _fingerprint(out) == one_rank
     assert not (out / ".work").exists()
 
@@ -180,3 +180,10 @@ def test_launch_runs_shards_write_under_the_deepspeed_launcher(capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "--num_gpus 2" in printed and "--module datascale.cli shards write WORLD --out SHARDS" in printed
+
+
+def test_nproc_2_runs_the_ranks_through_the_launcher(world, one_rank, tmp_path):
+    out = tmp_path / "nproc"
+    printed = _finish(_cli(world, out, "--nproc", "2"))
+    assert "--num_gpus 2" in printed and "300 images in 31 shards" in printed
+    assert _fingerprint(out) == one_rank

@@ -12,8 +12,8 @@ filesystem:
    ``bucket_records`` (:func:`data_tools.shards.buckets.settle_buckets`), so
    all hold the buckets one machine would hold (one round per tree level);
 3. plan the groups from the summed counts, the same plan on every rank, so
-   the same shard numbers as one machine; write the shards of groups g with
-   ``g % W == r``, each group merging all ranks' files of its buckets;
+   the same shard numbers as one machine; write the r-th of W contiguous runs
+   of shards, each group merging all ranks' files of its buckets;
 4. once every rank has written its shards, rank 0 assembles manifest.parquet,
    sizes.json and the card from the shards' parts.
 
@@ -166,17 +166,19 @@ def merge_rank_states(states: list[dict]) -> dict:
     return {"skipped": dict(skipped), "has_true": any(s["has_true"] for s in states)}
 
 
-def assign_groups(groups: list[dict], ranks: Ranks) -> list[dict]:
-    """This rank's groups (``g % world_size == rank``), each listing every rank's bucket files.
+def shards_of_rank(total: int, ranks: Ranks) -> range:
+    """The shard numbers this rank writes: one contiguous run, sizes within one of each other.
 
-    ``groups`` name their buckets (:func:`data_tools.shards.buckets.bucket_name`),
-    as planned from the summed counts.
+    Contiguous runs, not whole groups dealt out, so that the work is even also
+    when there are fewer groups than ranks; a rank loads only the groups its
+    run touches (at most two of them shared with a neighbour).
     """
-    mine = []
-    for index, group in enumerate(groups):
-        if index % ranks.world_size != ranks.rank:
-            continue
-        paths = [str(ranks.bucket_folder(r) / f"{name}.jsonl")
-                 for name in group["buckets"] for r in range(ranks.world_size)]
-        mine.append({**group, "buckets": paths})
-    return mine
+    return range(total * ranks.rank // ranks.world_size, total * (ranks.rank + 1) // ranks.world_size)
+
+
+def with_rank_files(groups: list[dict], ranks: Ranks) -> list[dict]:
+    """``groups``, that name their buckets (as planned from the summed counts), listing every
+    rank's file of each bucket instead (:func:`data_tools.shards.buckets.load_group` merges them)."""
+    return [{**group, "buckets": [str(ranks.bucket_folder(r) / f"{name}.jsonl")
+                                  for name in group["buckets"] for r in range(ranks.world_size)]}
+            for group in groups]

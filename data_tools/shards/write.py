@@ -47,7 +47,8 @@ from data_tools.shards import buckets as buckets_mod
 from data_tools.labels import Vocabulary
 from data_tools.shards.config import ShardsConfig
 from data_tools.shards.distributed import (BARRIER_TIMEOUT, BarrierTimeout, RankFailed, Ranks,
-                                          assign_groups, merge_rank_states, wait_for_folder)
+                                          merge_rank_states, shards_of_rank, wait_for_folder,
+                                          with_rank_files)
 from data_tools.shards.manifest import WORK_DIR, load_manifest, manifest_schema, shard_name
 from data_tools.ranks import sample_rank, sample_ranks
 from data_tools.shards.buckets import KEPT, KEY, LABELS, RANK, REF, SOURCE, TRUE
@@ -257,23 +258,31 @@ def _write_shard(task: dict) -> dict:
     return stats
 
 
-def _shard_tasks(out: Path, groups: list[dict], state: dict, cfg: ShardsConfig) -> Iterator[dict]:
-    """One task per shard not yet written, loading one group of records at a time."""
+def _shard_tasks(out: Path, groups: list[dict], state: dict, cfg: ShardsConfig,
+                 owned: range | None = None) -> Iterator[dict]:
+    """One task per shard not yet written (of the ``owned`` numbers, default all), loading one
+    group of records at a time (only groups with such a shard)."""
     parts = out / WORK_DIR / "parts"
+
+    def todo(index: int) -> bool:
+        name = shard_name(index)
+        return ((owned is None or index in owned)
+                and not ((out / name).is_file() and (parts / f"{name}.json").is_file()))
+
     for group in groups:
-        names = [shard_name(group["first_shard"] + j) for j in range(group["shards"])]
-        if all((out / n).is_file() and (parts / f"{n}.json").is_file() for n in names):
+        indices = range(group["first_shard"], group["first_shard"] + group["shards"])
+        if not any(todo(i) for i in indices):
             continue
         records, dups = buckets_mod.drop_duplicate_keys(buckets_mod.load_group(group["buckets"]))
         dup_skips: collections.Counter = collections.Counter()
         for dup in dups:
             count_skip(dup_skips, "duplicate_key", f"{dup[SOURCE]} (key {dup[KEY]!r} seen before)")
-        for j, (name, chunk) in enumerate(zip(names, buckets_mod.split_evenly(records,
-                                                                              len(names)))):
-            if (out / name).is_file() and (parts / f"{name}.json").is_file():
+        for j, (index, chunk) in enumerate(zip(indices, buckets_mod.split_evenly(records,
+                                                                                len(indices)))):
+            if not todo(index):
                 continue
             # Duplicates are charged to the group's first shard, so they are counted once.
-            yield {"out": str(out), "name": name, "records": chunk,
+            yield {"out": str(out), "name": shard_name(index), "records": chunk,
                    "decode": cfg.image_check == "decode", "image_format": cfg.image_format,
                    "jpeg_quality": cfg.jpeg_quality, "has_true": state["has_true"],
                    "skipped": dict(dup_skips) if j == 0 else {}}
@@ -415,13 +424,14 @@ def _write_into(fmt: str, source: Path, out: Path, cfg: ShardsConfig, ranks: Ran
     if not groups:
         raise DataError(f"{source}: no usable images (skipped: {merged['skipped'] or 'none'})")
     total = groups[-1]["first_shard"] + groups[-1]["shards"]
-    mine = assign_groups(groups, ranks)
-    my_shards = [shard_name(g["first_shard"] + j) for g in mine for j in range(g["shards"])]
+    owned = shards_of_rank(total, ranks)
+    my_shards = [shard_name(i) for i in owned]
     _clean_stale_temporaries(out, my_shards)
     todo = sum(1 for name in my_shards if not (out / name).is_file()
                or not (out / WORK_DIR / "parts" / f"{name}.json").is_file())
     workers = cfg.workers or os.cpu_count() or 1
-    _run_tasks(_shard_tasks(out, mine, merged, cfg), min(workers, todo), todo, progress)
+    _run_tasks(_shard_tasks(out, with_rank_files(groups, ranks), merged, cfg, owned),
+               min(workers, todo), todo, progress)
     # Only rank 0 waits here: once all have arrived it removes the markers with .work.
     ranks.exchange("written", {"shards": len(my_shards)}, wait=ranks.rank == 0)
     if ranks.rank != 0:
