@@ -30,7 +30,7 @@ polled, not torch.distributed, because
   files), so the markers need nothing more: no rendezvous port, no network
   between the machines beyond the filesystem.
 
-The cost is polling (``poll`` seconds) and a timeout for a rank that never
+The cost is polling (one folder listing per rank every ``poll`` seconds at most) and a timeout for a rank that never
 comes, which names the missing ranks; a rank that fails with an error leaves a
 failure marker, so the others stop at once with its message.
 Memory: a rank holds what one machine's run holds (``bucket_records``
@@ -42,6 +42,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,7 @@ class Ranks:
     rank: int = 0
     world_size: int = 1
     timeout: float = BARRIER_TIMEOUT
-    poll: float = 0.5
+    poll: float = 2.0              # the longest pause between two looks at the markers
     started: float = field(default_factory=time.time)
 
     def _marker(self, step: str, rank: int) -> Path:
@@ -98,10 +99,13 @@ class Ranks:
         if not wait:
             return [payload]
         deadline = time.monotonic() + self.timeout
-        logged = False
+        pause, logged = 0.05, False
         while True:
             self._raise_if_failed()
-            missing = [r for r in range(self.world_size) if not self._marker(step, r).is_file()]
+            # One listing per poll, not a stat per rank: 1,000 ranks polling must stay cheap
+            # for the shared filesystem's metadata server.
+            present = _names(self._marker(step, 0).parent)
+            missing = [r for r in range(self.world_size) if f"rank-{r:05d}.json" not in present]
             if not missing:
                 return [json.loads(self._marker(step, r).read_text(encoding="utf-8"))
                         for r in range(self.world_size)]
@@ -116,7 +120,8 @@ class Ranks:
                 log.info("rank %d/%d: waiting at '%s' for rank(s) %s", self.rank, self.world_size,
                          step, missing)
                 logged = True
-            time.sleep(self.poll)
+            time.sleep(pause)
+            pause = min(2 * pause, self.poll)  # quick when the ranks arrive together
 
     def _failure(self, rank: int) -> Path:
         return self.folder / "failed" / f"rank-{rank:05d}.txt"
@@ -132,12 +137,26 @@ class Ranks:
 
     def _raise_if_failed(self) -> None:
         # A failure older than this process is taken as being rerun along with it.
+        failed = _names(self._failure(0).parent)
         for rank in range(self.world_size):
             path = self._failure(rank)
-            if rank != self.rank and path.is_file() and path.stat().st_mtime >= self.started - 1:
-                raise RankFailed(f"rank {rank} of {self.world_size} failed: "
-                                f"{path.read_text(encoding='utf-8').strip()}; fix that and rerun "
-                                "the ranks (each resumes where it stopped)")
+            if rank == self.rank or path.name not in failed:
+                continue
+            try:
+                if path.stat().st_mtime < self.started - 1:
+                    continue
+                message = path.read_text(encoding="utf-8").strip()
+            except FileNotFoundError:  # cleared by its rerun just now
+                continue
+            raise RankFailed(f"rank {rank} of {self.world_size} failed: {message}; fix that and "
+                             "rerun the ranks (each resumes where it stopped)")
+
+
+def _names(folder: Path) -> set[str]:
+    try:
+        return set(os.listdir(folder))
+    except FileNotFoundError:
+        return set()
 
 
 def wait_for_folder(out: Path, record: dict, timeout: float, poll: float = 0.5) -> str:
