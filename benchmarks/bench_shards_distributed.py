@@ -10,7 +10,8 @@ the whole manifest to number the records, but hashes and buckets only its
 own; the two world sizes give both terms. Prints the per-image costs and
 bytes that docs/benchmarks.md extrapolates to 300M images.
 
-    .venv/bin/python benchmarks/bench_shards_distributed.py --records 100000 --images 1500
+    .venv/bin/python benchmarks/bench_shards_distributed.py --records 300000 --images 3000
+    .venv/bin/python benchmarks/bench_shards_distributed.py --records 300000 --bucket-records 1000 --pass1-only
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class _Stop(Exception):
     """Raised after pass 1 when only pass 1 is timed."""
 
 
-def _rank(source: str, out: str, rank: int, world_size: int, pass1_only: bool, result: str) -> None:
+def _rank(source: str, out: str, rank: int, world_size: int, pass1_only: bool, result: str,
+          bucket_records: int) -> None:
     """One rank: write_shards with its two passes timed (wall and CPU of this process)."""
     import data_tools.shards.write as write
     from data_tools.shards import report
@@ -51,7 +53,7 @@ def _rank(source: str, out: str, rank: int, world_size: int, pass1_only: bool, r
     write._bucket_pass = timed("pass1", write._bucket_pass)
     write._run_tasks = stop if pass1_only else timed("pass2", write._run_tasks)
     report.finalize_shards = timed("finalize", report.finalize_shards)
-    cfg = write.ShardsConfig(workers=1, samples_per_shard=200)
+    cfg = write.ShardsConfig(workers=1, samples_per_shard=200, bucket_records=bucket_records)
     started = time.perf_counter()
     try:
         write.write_shards(source, out, cfg, progress=False, rank=rank, world_size=world_size,
@@ -62,11 +64,13 @@ def _rank(source: str, out: str, rank: int, world_size: int, pass1_only: bool, r
     Path(result).write_text(json.dumps(times))
 
 
-def run_ranks(source: Path, out: Path, world_size: int, pass1_only: bool) -> list[dict]:
+def run_ranks(source: Path, out: Path, world_size: int, pass1_only: bool,
+              bucket_records: int = 200_000) -> list[dict]:
     """Run ``world_size`` rank processes at once; each rank's timings."""
     context = multiprocessing.get_context("spawn")
     procs = [context.Process(target=_rank, args=(str(source), str(out), r, world_size, pass1_only,
-                                                 str(out.parent / f"{out.name}.rank{r}.json")))
+                                                 str(out.parent / f"{out.name}.rank{r}.json"),
+                                                 bucket_records))
              for r in range(world_size)]
     for proc in procs:
         proc.start()
@@ -94,6 +98,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1500, help="JPEGs for pass 2")
     parser.add_argument("--size", type=int, nargs=2, default=(800, 600),
                         help="JPEG width height (800x600 at quality 90: ~100 KB, JFT-like)")
+    parser.add_argument("--bucket-records", type=int, default=200_000,
+                        help="pass 1's bucket cap (a small one makes pass 1 split its buckets)")
+    parser.add_argument("--pass1-only", action="store_true", help="skip the full runs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -102,19 +109,21 @@ def main() -> None:
         rows = manifest(root, args.records, tree)
         print(f"pass 1: {args.records:,} manifest rows; pass 2: {args.images:,} JPEGs "
               f"{args.size[0]}x{args.size[1]}, {image_bytes / args.images / 1e3:.1f} KB each")
-        pass1 = {}
+        pass1 = {}  # world size -> mean CPU seconds of a rank's pass 1 (wall waits for the others)
         for world_size in (1, 2):
-            times = run_ranks(rows, root / f"p1w{world_size}", world_size, pass1_only=True)
-            pass1[world_size] = max(t["pass1"]["wall"] for t in times)
+            times = run_ranks(rows, root / f"p1w{world_size}", world_size, pass1_only=True,
+                              bucket_records=args.bucket_records)
+            pass1[world_size] = sum(t["pass1"]["cpu"] for t in times) / world_size
+            slowest = max(t["pass1"]["wall"] for t in times)
             bucket_bytes = sum(p.stat().st_size for p in (root / f"p1w{world_size}").rglob("b*.jsonl"))
-            print(f"  pass 1, {world_size} rank(s): slowest rank {pass1[world_size]:.2f} s wall, "
-                  f"{1e6 * pass1[world_size] / args.records:.1f} us/record; CPU per rank "
+            print(f"  pass 1, {world_size} rank(s): slowest rank {slowest:.2f} s wall, "
+                  f"{1e6 * pass1[world_size] / args.records:.1f} us CPU/record per rank; CPU per rank "
                   f"{[round(t['pass1']['cpu'], 2) for t in times]} s; bucket files "
                   f"{bucket_bytes / args.records:.0f} B/record")
         own = 2 * (pass1[1] - pass1[2])
-        print(f"  per record: enumerate (every rank) {1e6 * (pass1[1] - own) / args.records:.1f} us, "
+        print(f"  per record (CPU): enumerate (every rank) {1e6 * (pass1[1] - own) / args.records:.1f} us, "
               f"hash + bucket (own records) {1e6 * own / args.records:.1f} us")
-        for world_size in (1, 2):
+        for world_size in () if args.pass1_only else (1, 2):
             out = root / f"w{world_size}"
             started = time.perf_counter()
             times = run_ranks(tree, out, world_size, pass1_only=False)
