@@ -14,7 +14,8 @@ bucketed external shuffle (:mod:`data_tools.shards.buckets`) in bounded
 memory, then shards are written by parallel workers. Each shard is written to
 a temporary name and renamed only after its manifest part is saved; the
 manifest is assembled last, so an interrupted run resumes where it stopped
-and never lists a half-written shard.
+and never lists a half-written shard. Many ranks (machines) can write one
+folder together, to the same bytes: :mod:`data_tools.shards.distributed`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import hashlib
-import io
 import json
 import logging
 import multiprocessing
@@ -31,10 +31,8 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 from tqdm import tqdm
 
 from datascale.atomic import atomic_path, write_json
@@ -52,8 +50,9 @@ from data_tools.shards.distributed import (BARRIER_TIMEOUT, BarrierTimeout, Rank
 from data_tools.shards.manifest import WORK_DIR, load_manifest, manifest_schema, shard_name
 from data_tools.ranks import sample_rank, sample_ranks
 from data_tools.shards.buckets import KEPT, KEY, LABELS, RANK, REF, SOURCE, TRUE
-from datascale.formats.wds import (ImageCheckError, ShardSample, check_image, iter_shard_samples,
+from datascale.formats.wds import (ImageCheckError, ShardSample, iter_shard_samples,
                                  write_tar)
+from data_tools.shards.images import stored_image
 from data_tools.shards.label_source import CAPTION_FIELD, SAMPLE_FORMATS, check_label_config
 from data_tools.shards.readers import READERS, detect_format
 from data_tools.shards.sources import count_skip, folder_class_names, read_ref
@@ -165,51 +164,6 @@ def _skips_unnamed(records: Iterator) -> Iterator:
 
 
 # --------------------------------------------------------------------------- pass 2
-
-
-def to_jpeg(data: bytes, quality: int) -> bytes:
-    """Encoded image bytes re-encoded as an RGB JPEG at ``quality``.
-
-    Transparency (RGBA, LA, palette with a transparent colour) is composited
-    on white, not dropped (dropping alpha shows whatever colour the
-    transparent pixels happen to hold); 16-bit images are scaled to 8 bits;
-    the ICC profile is kept. Raises ImageCheckError for undecodable bytes.
-    """
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-        if image.mode.startswith("I") or image.mode == "F":  # 16/32-bit grey: scale, not clip
-            grey = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0 if image.mode != "F" else 1)
-            image = Image.fromarray(np.clip(grey, 0, 255).round().astype(np.uint8))
-        if image.mode == "P" and "transparency" in image.info:
-            image = image.convert("RGBA")
-        if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-            rgba = image.convert("RGBA")
-            image = Image.new("RGB", rgba.size, (255, 255, 255))
-            image.paste(rgba, mask=rgba.getchannel("A"))
-        out = io.BytesIO()
-        image.convert("RGB").save(out, format="JPEG", quality=quality,
-                                  icc_profile=image.info.get("icc_profile"))
-        return out.getvalue()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageCheckError(f"not a decodable image ({exc})") from None
-
-
-def stored_image(raw: bytes, decode: bool, image_format: str, quality: int
-                 ) -> tuple[bytes, str, str | None]:
-    """(bytes to store, member extension, source format if re-encoded else None).
-
-    JPEG/PNG/WebP bytes are kept unless ``image_format`` is ``"jpeg"``; any
-    format WebDataset readers do not take as is is always re-encoded to JPEG,
-    at ``quality``. Raises ImageCheckError for bytes that are not an image.
-    """
-    data, ext, changed = check_image(raw, decode=decode)
-    if not changed and (image_format != "jpeg" or ext == "jpg"):
-        return data, ext, None
-    # Re-encode from the original bytes (check_image's own re-encode has a fixed quality
-    # and drops alpha), so every re-encoded member is made the same way.
-    source = (ext if not changed else str(Image.open(io.BytesIO(raw)).format)).lower()
-    return to_jpeg(raw, quality), "jpg", source
 
 
 def _write_shard(task: dict) -> dict:
