@@ -39,6 +39,15 @@ def launched_by_deepspeed() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def rank_from_env(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world_size) from the arguments, else ``RANK``/``WORLD_SIZE``, else (0, 1)."""
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} of world size {world_size}: need 0 <= rank < world_size")
+    return rank, world_size
+
+
 def ensure_process_group_env() -> None:
     """Make a plain single process look like rank 0 of 1 for torch.distributed.
 
@@ -147,7 +156,7 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--master-addr", help="address of rank 0 (default: the first host)")
     parser.add_argument("--master-port", type=int, help="rendezvous port (default: a free port)")
     parser.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
-    parser.add_argument("stage", choices=["pretrain", "finetune", "dedup"], help="the stage to launch")
+    parser.add_argument("stage", choices=["pretrain", "finetune", "dedup", "shards"], help="the stage to launch")
     parser.add_argument("stage_args", nargs=argparse.REMAINDER,
                         help="arguments of the stage, as for `datascale STAGE ...`")
 

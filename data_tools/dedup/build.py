@@ -32,7 +32,8 @@ from datascale.lineage import (config_record, is_complete, mark_complete, prepar
                                read_config_record, same_lineage)
 from data_tools.dedup import STAGE_INDEX
 from data_tools.dedup.embedders import EMBEDDERS, Embedder, embedder_inputs, make_embedder
-from data_tools.dedup.extract import embed_pool, fit_embedder_state, rank_from_env
+from data_tools.dedup.extract import embed_pool, fit_embedder_state
+from datascale.launch import rank_from_env
 from data_tools.dedup.index import (INDEX_FILE, IVFDATA_FILE, TRAINED_FILE, IndexPlan, add_part,
                                     build_flat, merge_parts, plan_index, train_index)
 from data_tools.dedup.pool import Pool, open_pool

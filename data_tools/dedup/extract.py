@@ -1,7 +1,7 @@
 """Embedding the pool into the vector store: by shard, split across ranks, restartable.
 
 Rank ``r`` of ``w`` embeds the shards ``i`` with ``i % w == r`` (the DeepSpeed
-launcher sets ``RANK``/``WORLD_SIZE``; see :func:`rank_from_env`). A shard's
+launcher sets ``RANK``/``WORLD_SIZE``; see :func:`datascale.launch.rank_from_env`). A shard's
 block is written atomically when the shard is finished, so an interrupted run
 loses at most the shard in progress and a rerun skips every finished block.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Iterator
@@ -18,22 +17,13 @@ from typing import Iterator
 import numpy as np
 
 from datascale.atomic import append_jsonl
-from datascale.errors import ConfigError, DataError
+from datascale.errors import DataError
 from data_tools.dedup.embedders import Embedder
 from data_tools.dedup.prepare import PreparePool, embed_prepared
 from data_tools.dedup.pool import Pool
 from data_tools.dedup.store import block_done, write_block
 
 log = logging.getLogger(__name__)
-
-
-def rank_from_env(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """(rank, world_size) from the arguments, else ``RANK``/``WORLD_SIZE``, else (0, 1)."""
-    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
-    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ConfigError(f"rank {rank} of world size {world_size}: need 0 <= rank < world_size")
-    return rank, world_size
 
 
 def _samples(pool: Pool, shard: int, skipped: collections.Counter) -> Iterator[tuple[str, bytes]]:

@@ -7,15 +7,19 @@ ranges, recursively, so that no bucket exceeds the cap. Consecutive buckets
 are then packed into groups of at most ``bucket_records`` records; each group
 is sorted in memory and becomes a run of consecutive shards. Because the
 buckets are rank ranges, concatenating the sorted groups gives the global
-rank order, and groups can be written in parallel.
+rank order, and groups can be written in parallel, on one machine or many
+(each rank buckets its slice of the input into its own files; the split is
+decided by the counts summed over the ranks: :func:`settle_buckets`).
 
 Memory contract: at most ``bucket_records`` records are held in memory by
 one process at any time (plus one line while splitting), whatever the input
-size; disk: the metadata once more in ``.work/buckets``.
+size; disk: the metadata once more in ``.work/w{WORLD_SIZE}/buckets``.
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
 import math
 import os
@@ -73,18 +77,25 @@ class BucketWriter:
         return self.buckets
 
 
-def split_bucket(bucket: Bucket, cap: int) -> list[Bucket]:
-    """Split ``bucket`` into finer rank ranges until each holds at most ``cap`` records.
+def bucket_name(bucket: Bucket) -> str:
+    """The bucket's name, its file name without ``.jsonl`` (``b003_04``): the same on every rank."""
+    return Path(bucket.path).stem
+
+
+def split_bucket(bucket: Bucket, total: int | None = None) -> list[Bucket]:
+    """Split ``bucket`` once into ``SPLIT_FANOUT`` finer rank ranges; the children, in rank order.
 
     Streams the bucket file line by line (constant memory); the parent file is
-    removed once its children are written.
+    removed once its children are written. ``total``: the records of this rank
+    range over all ranks (default: this file's), for the error when one key
+    fills the range. Every child file is written, even an empty one, so that
+    all ranks hold the same bucket names.
     """
-    if bucket.count <= cap:
-        return [bucket]
     width = (bucket.hi - bucket.lo) / SPLIT_FANOUT
     if width < _MIN_WIDTH:
-        raise DataError(f"{bucket.count} records share one hash rank: one key is repeated that "
-                        "often in the input; remove the duplicates or raise bucket_records")
+        raise DataError(f"{bucket.count if total is None else total} records share one hash rank: "
+                        "one key is repeated that often in the input; remove the duplicates or "
+                        "raise bucket_records")
     stem = bucket.path[: -len(".jsonl")]
     children = [Bucket(f"{stem}_{i:02d}.jsonl", bucket.lo + i * width, bucket.lo + (i + 1) * width)
                 for i in range(SPLIT_FANOUT)]
@@ -99,10 +110,31 @@ def split_bucket(bucket: Bucket, cap: int) -> list[Bucket]:
     for handle in handles:
         handle.close()
     os.remove(bucket.path)
-    out: list[Bucket] = []
-    for child in children:
-        out.extend(split_bucket(child, cap))
-    return out
+    return children
+
+
+def settle_buckets(buckets: list[Bucket], cap: int, exchange=None) -> tuple[list[Bucket], dict]:
+    """Split buckets until none holds more than ``cap`` records; (leaf buckets, total per name).
+
+    One level per round, breadth first: the leaves are those of splitting each
+    bucket recursively. With ``exchange`` (``exchange(step, {name: count})`` ->
+    every rank's counts, see :mod:`data_tools.shards.distributed`) the split is
+    decided by the counts summed over all ranks, so every rank splits its own
+    files exactly as one machine would split the union of them; the returned
+    buckets keep this rank's counts, the totals are global.
+    """
+    for level in itertools.count():
+        counts = {bucket_name(b): b.count for b in buckets}
+        totals = dict(counts)
+        if exchange is not None:
+            totals = collections.Counter()
+            for part in exchange(f"counts-{level}", counts):
+                totals.update(part)
+        if all(totals[bucket_name(b)] <= cap for b in buckets):
+            return buckets, {name: totals[name] for name in counts}
+        buckets = [child for b in buckets for child in (
+            split_bucket(b, totals[bucket_name(b)]) if totals[bucket_name(b)] > cap else [b])]
+    raise AssertionError("unreachable")
 
 
 def plan_groups(buckets: list[Bucket], cap: int, samples_per_shard: int) -> list[dict]:

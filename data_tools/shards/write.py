@@ -14,7 +14,8 @@ bucketed external shuffle (:mod:`data_tools.shards.buckets`) in bounded
 memory, then shards are written by parallel workers. Each shard is written to
 a temporary name and renamed only after its manifest part is saved; the
 manifest is assembled last, so an interrupted run resumes where it stopped
-and never lists a half-written shard.
+and never lists a half-written shard. Many ranks (machines) can write one
+folder together, to the same bytes: :mod:`data_tools.shards.distributed`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import hashlib
-import io
 import json
 import logging
 import multiprocessing
@@ -31,25 +31,28 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 from tqdm import tqdm
 
 from datascale.atomic import atomic_path, write_json
 from datascale.config import to_dict
-from datascale.errors import DatascaleError, DataError
+from datascale.errors import SKIP_LOG_ENV, DatascaleError, DataError
+from datascale.launch import rank_from_env
 from datascale.lineage import abandon_output_dir, config_record, mark_complete, prepare_output_dir
 from datascale.lock import HOUSEKEEPING
 from data_tools.shards import buckets as buckets_mod
 from data_tools.labels import Vocabulary
 from data_tools.shards.config import ShardsConfig
+from data_tools.shards.distributed import (BARRIER_TIMEOUT, BarrierTimeout, RankFailed, Ranks,
+                                          merge_rank_states, shards_of_rank, wait_for_folder,
+                                          with_rank_files)
 from data_tools.shards.manifest import WORK_DIR, load_manifest, manifest_schema, shard_name
 from data_tools.ranks import sample_rank, sample_ranks
 from data_tools.shards.buckets import KEPT, KEY, LABELS, RANK, REF, SOURCE, TRUE
-from datascale.formats.wds import (ImageCheckError, ShardSample, check_image, iter_shard_samples,
+from datascale.formats.wds import (ImageCheckError, ShardSample, iter_shard_samples,
                                  write_tar)
+from data_tools.shards.images import stored_image
 from data_tools.shards.label_source import CAPTION_FIELD, SAMPLE_FORMATS, check_label_config
 from data_tools.shards.readers import READERS, detect_format
 from data_tools.shards.sources import count_skip, folder_class_names, read_ref
@@ -105,15 +108,23 @@ def _label_ids(raw: list, vocab: Vocabulary, cfg: ShardsConfig, skipped: collect
 # --------------------------------------------------------------------------- pass 1
 
 
-def _bucket_pass(fmt: str, source: Path, cfg: ShardsConfig, vocab: Vocabulary, work: Path,
+def _bucket_pass(fmt: str, source: Path, cfg: ShardsConfig, vocab: Vocabulary, ranks: Ranks,
                  progress: bool) -> dict:
-    """Read every input record, label it with class ids and a rank, append it to its bucket."""
+    """Read this rank's input records, label them with class ids and a rank, append them to its
+    buckets, settle the buckets (with the other ranks) and save this rank's bucket state."""
     skipped: collections.Counter = collections.Counter()
-    writer = buckets_mod.BucketWriter(work / "buckets")
+    # Every rank reads the whole input (metadata only) to number the records; the reader's own
+    # skips (a bad tar member, a file that is no image) are rank 0's to count and name.
+    reader_skips: collections.Counter = collections.Counter()
+    writer = buckets_mod.BucketWriter(ranks.bucket_folder())
     has_true = False
-    records = READERS[fmt](source, cfg, skipped)
+    records = READERS[fmt](source, cfg, reader_skips)
+    if ranks.rank:
+        records = _skips_unnamed(records)
     for index, rec in enumerate(tqdm(records, desc="shards: reading input", unit=" img",
                                      disable=not progress)):
+        if index % ranks.world_size != ranks.rank:
+            continue
         ids = _label_ids(rec.labels, vocab, cfg, skipped, rec.source)
         if not ids:
             count_skip(skipped, "no_labels", rec.source)
@@ -124,60 +135,35 @@ def _bucket_pass(fmt: str, source: Path, cfg: ShardsConfig, vocab: Vocabulary, w
             has_true = True
         writer.add([sample_rank(rec.key, cfg.salt), rec.key, ids, true, rec.source, rec.ref,
                     rec.ext, index, rec.kept])
-    leaves = []
-    for bucket in writer.close():
-        leaves.extend(buckets_mod.split_bucket(bucket, cfg.bucket_records))
-    state = {"buckets": [vars(b) for b in leaves], "skipped": dict(skipped), "has_true": has_true}
-    write_json(work / "buckets.json", state)
+    leaves, totals = buckets_mod.settle_buckets(writer.close(), cfg.bucket_records, ranks.exchange)
+    if ranks.rank == 0:
+        skipped.update(reader_skips)
+    state = {"buckets": [vars(b) for b in leaves], "totals": totals, "skipped": dict(skipped),
+             "has_true": has_true}
+    write_json(_rank_state_file(ranks), state)
     return state
 
 
+def _rank_state_file(ranks: Ranks) -> Path:
+    return ranks.folder / f"rank-{ranks.rank:05d}.json"
+
+
+def _skips_unnamed(records: Iterator) -> Iterator:
+    """``records``, with the skips the reader counts while advancing left out of skipped.tsv."""
+    iterator = iter(records)
+    while True:
+        named_in = os.environ.pop(SKIP_LOG_ENV, None)
+        try:
+            record = next(iterator, None)
+        finally:
+            if named_in is not None:
+                os.environ[SKIP_LOG_ENV] = named_in
+        if record is None:
+            return
+        yield record
+
+
 # --------------------------------------------------------------------------- pass 2
-
-
-def to_jpeg(data: bytes, quality: int) -> bytes:
-    """Encoded image bytes re-encoded as an RGB JPEG at ``quality``.
-
-    Transparency (RGBA, LA, palette with a transparent colour) is composited
-    on white, not dropped (dropping alpha shows whatever colour the
-    transparent pixels happen to hold); 16-bit images are scaled to 8 bits;
-    the ICC profile is kept. Raises ImageCheckError for undecodable bytes.
-    """
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-        if image.mode.startswith("I") or image.mode == "F":  # 16/32-bit grey: scale, not clip
-            grey = np.asarray(image, dtype=np.float64) * (255.0 / 65535.0 if image.mode != "F" else 1)
-            image = Image.fromarray(np.clip(grey, 0, 255).round().astype(np.uint8))
-        if image.mode == "P" and "transparency" in image.info:
-            image = image.convert("RGBA")
-        if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-            rgba = image.convert("RGBA")
-            image = Image.new("RGB", rgba.size, (255, 255, 255))
-            image.paste(rgba, mask=rgba.getchannel("A"))
-        out = io.BytesIO()
-        image.convert("RGB").save(out, format="JPEG", quality=quality,
-                                  icc_profile=image.info.get("icc_profile"))
-        return out.getvalue()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageCheckError(f"not a decodable image ({exc})") from None
-
-
-def stored_image(raw: bytes, decode: bool, image_format: str, quality: int
-                 ) -> tuple[bytes, str, str | None]:
-    """(bytes to store, member extension, source format if re-encoded else None).
-
-    JPEG/PNG/WebP bytes are kept unless ``image_format`` is ``"jpeg"``; any
-    format WebDataset readers do not take as is is always re-encoded to JPEG,
-    at ``quality``. Raises ImageCheckError for bytes that are not an image.
-    """
-    data, ext, changed = check_image(raw, decode=decode)
-    if not changed and (image_format != "jpeg" or ext == "jpg"):
-        return data, ext, None
-    # Re-encode from the original bytes (check_image's own re-encode has a fixed quality
-    # and drops alpha), so every re-encoded member is made the same way.
-    source = (ext if not changed else str(Image.open(io.BytesIO(raw)).format)).lower()
-    return to_jpeg(raw, quality), "jpg", source
 
 
 def _write_shard(task: dict) -> dict:
@@ -226,23 +212,31 @@ def _write_shard(task: dict) -> dict:
     return stats
 
 
-def _shard_tasks(out: Path, groups: list[dict], state: dict, cfg: ShardsConfig) -> Iterator[dict]:
-    """One task per shard not yet written, loading one group of records at a time."""
+def _shard_tasks(out: Path, groups: list[dict], state: dict, cfg: ShardsConfig,
+                 owned: range | None = None) -> Iterator[dict]:
+    """One task per shard not yet written (of the ``owned`` numbers, default all), loading one
+    group of records at a time (only groups with such a shard)."""
     parts = out / WORK_DIR / "parts"
+
+    def todo(index: int) -> bool:
+        name = shard_name(index)
+        return ((owned is None or index in owned)
+                and not ((out / name).is_file() and (parts / f"{name}.json").is_file()))
+
     for group in groups:
-        names = [shard_name(group["first_shard"] + j) for j in range(group["shards"])]
-        if all((out / n).is_file() and (parts / f"{n}.json").is_file() for n in names):
+        indices = range(group["first_shard"], group["first_shard"] + group["shards"])
+        if not any(todo(i) for i in indices):
             continue
         records, dups = buckets_mod.drop_duplicate_keys(buckets_mod.load_group(group["buckets"]))
         dup_skips: collections.Counter = collections.Counter()
         for dup in dups:
             count_skip(dup_skips, "duplicate_key", f"{dup[SOURCE]} (key {dup[KEY]!r} seen before)")
-        for j, (name, chunk) in enumerate(zip(names, buckets_mod.split_evenly(records,
-                                                                              len(names)))):
-            if (out / name).is_file() and (parts / f"{name}.json").is_file():
+        for j, (index, chunk) in enumerate(zip(indices, buckets_mod.split_evenly(records,
+                                                                                len(indices)))):
+            if not todo(index):
                 continue
             # Duplicates are charged to the group's first shard, so they are counted once.
-            yield {"out": str(out), "name": name, "records": chunk,
+            yield {"out": str(out), "name": shard_name(index), "records": chunk,
                    "decode": cfg.image_check == "decode", "image_format": cfg.image_format,
                    "jpeg_quality": cfg.jpeg_quality, "has_true": state["has_true"],
                    "skipped": dict(dup_skips) if j == 0 else {}}
@@ -301,13 +295,17 @@ def _lineage(fmt: str, source: Path, cfg: ShardsConfig) -> dict:
     return config_record(STAGE, config, inputs)
 
 
-def _clean_stale_temporaries(out: Path) -> None:
-    for stale in list(out.glob(".*.tmp")) + list((out / WORK_DIR / "parts").glob(".*.tmp")):
-        stale.unlink(missing_ok=True)
+def _clean_stale_temporaries(out: Path, names: list[str]) -> None:
+    """Remove what a killed writer of the shards ``names`` left (other ranks' are theirs)."""
+    parts = out / WORK_DIR / "parts"
+    for name in names:
+        for stale in list(out.glob(f".{name}.*.tmp")) + list(parts.glob(f".{name}.*.tmp")):
+            stale.unlink(missing_ok=True)
 
 
 def write_shards(source: str | Path, out_dir: str | Path, cfg: ShardsConfig | None = None, *,
-                 force: bool = False, progress: bool = True) -> dict:
+                 force: bool = False, progress: bool = True, rank: int = 0, world_size: int = 1,
+                 barrier_timeout: float = BARRIER_TIMEOUT) -> dict:
     """Write the images of ``source`` as rank-ordered WebDataset shards in ``out_dir``.
 
     Inputs: an image folder tree, a manifest file, a folder of tars or a
@@ -317,63 +315,88 @@ def write_shards(source: str | Path, out_dir: str | Path, cfg: ShardsConfig | No
     Re-running with the same config resumes an interrupted run or returns at
     once if it finished; another config raises unless ``force``. An input or
     config error before the first shard is written empties ``out_dir`` again,
-    so the corrected command needs no ``force``.
+    so the corrected command needs no ``force`` (one rank only).
+    ``rank`` of ``world_size``: one of the processes that write ``out_dir``
+    together, on a shared filesystem (:mod:`data_tools.shards.distributed`);
+    the output is byte-identical whatever ``world_size``. Rank 0 prepares
+    the folder and returns the summary; another rank returns its own
+    ``{"rank", "world_size", "shards", "shards_of_rank"}`` once its shards are
+    written. A rank waits at most ``barrier_timeout`` seconds for the others.
     Memory: at most ``cfg.bucket_records`` metadata records per process (see
     :mod:`data_tools.shards.buckets`) plus one image per worker.
-    Time: one metadata pass, then read + check + write each image once.
+    Time: one metadata pass (on every rank), then read + check + write each
+    image once (on one rank).
     """
     cfg = cfg or ShardsConfig()
     cfg.validate()
     source, out = Path(source), Path(out_dir)
     if not source.exists():
         raise DataError(f"input not found: {source}")
+    rank, world_size = rank_from_env(rank, world_size)
     fmt = detect_format(source) if cfg.format == "auto" else cfg.format
     check_label_config(fmt, cfg)
     record = _lineage(fmt, source, cfg)
-    state_of_dir = prepare_output_dir(out, record, force=force)
+    if rank == 0:
+        state_of_dir = prepare_output_dir(out, record, force=force)
+    else:
+        state_of_dir = wait_for_folder(out, record, barrier_timeout)
     if state_of_dir == "complete":
         log.info("%s already holds these shards (complete.json); nothing to do", out)
         return json.loads((out / "complete.json").read_text(encoding="utf-8"))
+    ranks = Ranks(out / WORK_DIR / f"w{world_size}", rank, world_size, timeout=barrier_timeout)
     try:
-        return _write_into(fmt, source, out, cfg, state_of_dir, progress)
-    except DatascaleError:
+        return _write_into(fmt, source, out, cfg, ranks, progress)
+    except DatascaleError as exc:
         # An input or config error before the first shard: leave nothing (no config.yaml)
         # that would refuse the corrected command. Other failures (an interrupt, a full
-        # disk) keep the folder, so the same command resumes.
-        if not any(out.glob("shard-*.tar")):
+        # disk) keep the folder, so the same command resumes. With many ranks the folder
+        # is theirs too: it is kept, and the others learn of the error.
+        if world_size == 1 and not any(out.glob("shard-*.tar")):
             log.info("nothing written; emptying %s so that a corrected run can start", out)
             abandon_output_dir(out)
+        if not isinstance(exc, (BarrierTimeout, RankFailed)):
+            ranks.mark_failed(exc)
         raise
 
 
-def _write_into(fmt: str, source: Path, out: Path, cfg: ShardsConfig, state_of_dir: str,
+def _write_into(fmt: str, source: Path, out: Path, cfg: ShardsConfig, ranks: Ranks,
                 progress: bool) -> dict:
     """The body of :func:`write_shards` once the output folder is prepared."""
-    work = out / WORK_DIR
-    _clean_stale_temporaries(out)
+    ranks.clear_failure()
     vocab = _resolve_vocabulary(fmt, source, cfg)
-    state_file = work / "buckets.json"
-    if state_of_dir == "resume" and state_file.is_file():
-        log.info("resuming %s: input already bucketed", out)
-        state = json.loads(state_file.read_text(encoding="utf-8"))
+    if _rank_state_file(ranks).is_file():
+        log.info("resuming %s: rank %d's input already bucketed", out, ranks.rank)
+        state = json.loads(_rank_state_file(ranks).read_text(encoding="utf-8"))
     else:
-        state = _bucket_pass(fmt, source, cfg, vocab, work, progress)
-    leaves = [buckets_mod.Bucket(**b) for b in state["buckets"]]
+        state = _bucket_pass(fmt, source, cfg, vocab, ranks, progress)
+    merged = merge_rank_states(ranks.exchange(
+        "bucketed", {"skipped": state["skipped"], "has_true": state["has_true"]}))
+    names = [buckets_mod.bucket_name(buckets_mod.Bucket(**b)) for b in state["buckets"]]
+    leaves = [buckets_mod.Bucket(name, b["lo"], b["hi"], state["totals"][name])
+              for name, b in zip(names, state["buckets"])]
     groups = buckets_mod.plan_groups(leaves, cfg.bucket_records, cfg.samples_per_shard)
     if not groups:
-        raise DataError(f"{source}: no usable images (skipped: {state['skipped'] or 'none'})")
+        raise DataError(f"{source}: no usable images (skipped: {merged['skipped'] or 'none'})")
     total = groups[-1]["first_shard"] + groups[-1]["shards"]
-    todo = sum(1 for i in range(total) if not (out / shard_name(i)).is_file()
-               or not (work / "parts" / f"{shard_name(i)}.json").is_file())
+    owned = shards_of_rank(total, ranks)
+    my_shards = [shard_name(i) for i in owned]
+    _clean_stale_temporaries(out, my_shards)
+    todo = sum(1 for name in my_shards if not (out / name).is_file()
+               or not (out / WORK_DIR / "parts" / f"{name}.json").is_file())
     workers = cfg.workers or os.cpu_count() or 1
-    _run_tasks(_shard_tasks(out, groups, state, cfg),
+    _run_tasks(_shard_tasks(out, with_rank_files(groups, ranks), merged, cfg, owned),
                min(workers, todo), todo, progress)
+    # Only rank 0 waits here: once all have arrived it removes the markers with .work.
+    ranks.exchange("written", {"shards": len(my_shards)}, wait=ranks.rank == 0)
+    if ranks.rank != 0:
+        return {"rank": ranks.rank, "world_size": ranks.world_size, "shards": total,
+                "shards_of_rank": len(my_shards)}
     from data_tools.shards.report import finalize_shards
-    summary = finalize_shards(out, total, vocab, state, salt=cfg.salt,
+    summary = finalize_shards(out, total, vocab, merged, salt=cfg.salt,
                               image_format=cfg.image_format, jpeg_quality=cfg.jpeg_quality)
     if summary["images"] == 0:
         raise DataError(f"{source}: no usable images: every input was skipped "
                         f"({summary['skipped']}); see the warnings above")
-    shutil.rmtree(work)
+    shutil.rmtree(out / WORK_DIR)
     mark_complete(out, summary)
     return summary

@@ -46,7 +46,7 @@ def config_from_cli(args: argparse.Namespace) -> SelftrainConfig:
 
 
 def _command(args: argparse.Namespace) -> int:
-    from data_tools.dedup.extract import rank_from_env
+    from datascale.launch import rank_from_env
     from scaling.finetune.cli import print_metrics
     from scaling.selftrain.run import STUDENT_DIR, run_selftrain  # torch
 
