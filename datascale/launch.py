@@ -6,6 +6,7 @@ process per rank with RANK/WORLD_SIZE/MASTER_ADDR set; on a CPU-only machine
 DeepSpeed's CPU accelerator makes those CPU ranks). ``datascale launch
 pretrain --hostfile FILE ...`` does the same across the nodes of a hostfile
 (pdsh/ssh underneath, as DeepSpeed does it); ``--dry-run`` prints the command.
+Stages: pretrain, finetune (DDP), dedup (the embedding step) and shards (``shards write``).
 """
 
 from __future__ import annotations
