@@ -44,6 +44,7 @@ class World:
     local_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
+    owns_group: bool = False  # this process joined the process group, so it leaves it (:meth:`leave`)
 
     @property
     def main(self) -> bool:
@@ -52,6 +53,12 @@ class World:
     def barrier(self) -> None:
         if self.size > 1:
             dist.barrier()
+
+    def leave(self) -> None:
+        """Destroy the process group this process joined. A gloo group left to the interpreter's
+        exit can abort the process ("terminate called without an active exception", exit 250)."""
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
 
     def mean(self, values: list[float]) -> list[float]:
         """The mean of each value over the ranks (the values themselves on one rank)."""
@@ -103,9 +110,10 @@ def join_world(cfg: FinetuneConfig) -> World:
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    if size > 1 and not dist.is_initialized():
+    owns = size > 1 and not dist.is_initialized()
+    if owns:
         dist.init_process_group("nccl" if cuda else "gloo", timeout=_BARRIER_TIMEOUT)
-    return World(rank, size, local_size, device, precision)
+    return World(rank, size, local_size, device, precision, owns)
 
 
 def check_world(cfg: FinetuneConfig, size: int, cuda: bool) -> None:

@@ -425,3 +425,4 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path, *, force: bool = Fals
         return world.share(result)  # the other ranks waited here while rank 0 evaluated
     finally:
         torch.set_num_threads(previous_threads)
+        world.leave()
