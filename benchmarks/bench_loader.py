@@ -53,23 +53,26 @@ def jpeg_folder(root: Path, images: int, size: tuple[int, int] = (500, 375), see
 
 
 class Clock:
-    """Wall time and CPU time of this process plus its finished children."""
+    """Wall time and CPU time of this process plus its finished children (and each part apart:
+    ``main`` is this process, where batches arrive; ``children`` the worker processes)."""
 
     def __enter__(self) -> "Clock":
-        self.wall0, self.cpu0 = time.perf_counter(), self._cpu()
+        self.wall0, self.main0, self.children0 = time.perf_counter(), self._cpu(SELF), self._cpu(CHILDREN)
         return self
 
     def __exit__(self, *exc) -> None:
         self.wall = time.perf_counter() - self.wall0
-        self.cpu = self._cpu() - self.cpu0
+        self.main = self._cpu(SELF) - self.main0
+        self.children = self._cpu(CHILDREN) - self.children0
+        self.cpu = self.main + self.children
 
     @staticmethod
-    def _cpu() -> float:
-        total = 0.0
-        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-            usage = resource.getrusage(who)
-            total += usage.ru_utime + usage.ru_stime
-        return total
+    def _cpu(who: int) -> float:
+        usage = resource.getrusage(who)
+        return usage.ru_utime + usage.ru_stime
+
+
+SELF, CHILDREN = resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN
 
 
 def warm_page_cache(root: Path) -> int:
@@ -124,6 +127,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2,
                         help="epochs per run (amortises worker start-up for every method)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also run the bound and the loader in one process (CPU per image without IPC)")
     parser.add_argument("--json", metavar="FILE", help="also write the images/s figures to FILE")
     args = parser.parse_args()
     from data_tools.shards.write import ShardsConfig, write_shards
@@ -138,20 +143,27 @@ def main() -> None:
         runs = {"decode-only bound": lambda: decode_bound(files, *common),
                 "torchvision ImageFolder": lambda: image_folder(tree, *common),
                 "datascale loader": lambda: datascale_loader(shards, *common)}
+        if args.breakdown:  # CPU per image with no worker processes: the pipeline without IPC
+            runs["decode-only, 1 process"] = lambda: decode_bound(files, 1, args.batch, args.epochs)
+            runs["datascale, 0 workers"] = lambda: datascale_loader(shards, 0, args.batch, args.epochs)
         best: dict[str, tuple[float, float]] = {}
+        split: dict[str, tuple[float, float]] = {}  # ms of CPU per image: main process, workers
         for _ in range(2):
             for name, run in runs.items():
                 with Clock() as clock:
                     images = run()
                 rate = (images / clock.wall, images / clock.cpu)
-                best[name] = max(best.get(name, (0.0, 0.0)), rate)
+                if rate > best.get(name, (0.0, 0.0)):
+                    best[name] = rate
+                    split[name] = (1e3 * clock.main / images, 1e3 * clock.children / images)
     print(f"{args.images} JPEGs ({megabytes / 2:.0f} MiB) x {args.epochs} epochs, {args.workers} "
           f"workers, batch {args.batch}, paper transform (340 -> random 299 crop, flip, [-1, 1])")
     bound, folder = best["decode-only bound"], best["torchvision ImageFolder"]
     for name, (wall, cpu) in best.items():
         print(f"  {name:24s} {wall:7.1f} images/s  {cpu:7.1f} images/CPU-s  "
               f"wall x{wall / bound[0]:.3f} of bound, x{wall / folder[0]:.3f} of ImageFolder; "
-              f"CPU x{cpu / bound[1]:.3f} of bound, x{cpu / folder[1]:.3f} of ImageFolder")
+              f"CPU x{cpu / bound[1]:.3f} of bound, x{cpu / folder[1]:.3f} of ImageFolder; "
+              f"CPU ms/image main {split[name][0]:.2f}, workers {split[name][1]:.2f}")
     if args.json:
         figures = {"images": args.images, "workers": args.workers, "batch": args.batch, "epochs": args.epochs,
                    **{name: {"images_per_s": wall, "images_per_cpu_s": cpu} for name, (wall, cpu) in best.items()}}

@@ -115,6 +115,42 @@ def test_augment_is_seeded_by_the_sample_rng_and_leaves_torch_rng_alone(photo):
     assert len(outs) > 1
 
 
+def _crops(photo, count: int, side: int = 48) -> list[np.ndarray]:
+    """``count`` different real-photo squares: crops of the photo at several places and scales."""
+    rng = np.random.default_rng(0)
+    width, height = photo.size
+    out = []
+    for _ in range(count):
+        size = int(rng.integers(min(width, height) // 3, min(width, height)))
+        left, top = int(rng.integers(0, width - size)), int(rng.integers(0, height - size))
+        out.append(np.asarray(photo.crop((left, top, left + size, top + size)).resize((side, side))))
+    return out
+
+
+@pytest.mark.parametrize("magnitude", [0, 9, 30])
+def test_batched_randaugment_gives_each_image_what_its_own_draws_give_alone(photo, magnitude):
+    """Grouping images by operation must not mix them: contrast, equalize and autocontrast use
+    per-image statistics, the geometric ops per-image grids."""
+    augment = CurriculumAugment(CurriculumConfig(name="efficienttrain", num_ops=3))
+    images, setting = _crops(photo, 48), StageSetting(2, 48, magnitude)
+    together = augment.batch(images, setting, [np.random.default_rng(s) for s in range(48)])
+    alone = [augment(image, setting, np.random.default_rng(s)) for s, image in enumerate(images)]
+    assert all(np.array_equal(a, b) for a, b in zip(together, alone))
+    draws = [augment.draws(np.random.default_rng(s)) for s in range(48)]
+    assert len({d[0] for ds in draws for d in ds}) >= 12  # most of the 14 operations were exercised
+    if magnitude:
+        changed = sum(not np.array_equal(a, b) for a, b in zip(together, images))
+        assert changed >= 40
+
+
+def test_randaugment_draws_every_operation_alike_and_each_sign_half_the_time():
+    augment = CurriculumAugment(CurriculumConfig(name="efficienttrain", num_ops=2))
+    draws = [d for s in range(2100) for d in augment.draws(np.random.default_rng(s))]
+    counts = np.bincount([op for op, _ in draws], minlength=14)
+    assert len(counts) == 14 and abs(counts - 300).max() < 4 * np.sqrt(300)  # 4 sigma of a uniform draw
+    assert abs(np.mean([negated for _, negated in draws]) - 0.5) < 0.03
+
+
 # --------------------------------------------------------------------------- the loader
 
 

@@ -160,8 +160,8 @@ def test_a_failing_rank_stops_the_others_with_its_error(world, tmp_path):
     for name in ("classes.json", "pretrain"):
         os.symlink(world / name, bad / name)
     lines = (world / "pretrain" / "labels.jsonl").read_text().splitlines()
-    record = json.loads(lines[7])  # input record 7: rank 1's of 2
-    lines[7] = json.dumps({**record, "labels": [99]})
+    bad_line = len(lines) - 7  # in the second half of the lines: rank 1 of 2 reads it
+    lines[bad_line] = json.dumps({**json.loads(lines[bad_line]), "labels": [99]})
     (bad / "pretrain").unlink()
     (bad / "pretrain").mkdir()
     os.symlink(world / "pretrain" / "images", bad / "pretrain" / "images")

@@ -21,3 +21,20 @@ def test_a_run_costs_in_proportion_to_its_steps_and_the_last_override_wins():
     assert estimate_seconds(_finetune("detection", "frozen", "train.steps=1000")) < long  # less trains
     assert estimate_seconds(_finetune("pose", "frozen")) < estimate_seconds(_finetune("detection", "frozen"))
     assert estimate_seconds(Step("pretrain", "p", ["pretrain"], Path("out"))) > 0
+
+
+def test_pretraining_costs_in_proportion_to_its_steps_from_the_budget_axis():
+    from datascale.config import load_config
+    from scaling.study.config import StudyConfig
+    from scaling.study.plan import build_plan
+
+    def pretrain_seconds(*sets: str) -> list[float]:
+        plan = build_plan(load_config(StudyConfig, "studies/demo", list(sets)))
+        return [estimate_seconds(s) for s in plan.steps if s.stage == "pretrain"]
+
+    plain = pretrain_seconds()
+    longer = pretrain_seconds("axes.budget=[steps:5]")
+    assert len(plain) == len(longer) == 4
+    assert all(abs(b / a - 5) < 1e-9 for a, b in zip(plain, longer))
+    # From the pretraining config's own schedule too (pretrain.set), not only the axis.
+    assert pretrain_seconds("pretrain.set=[schedule.steps=1600]")[0] == 2 * plain[0]

@@ -19,11 +19,11 @@ Exact resume: the stage and magnitude of a batch are a pure function of its
 optimizer step, and the step of this rank's batch k is ``k // batches_per_step``
 (the micro-batches of one step), so every micro-batch of a step has one size
 and a resumed loader reproduces the stages bit for bit. RandAugment draws its
-randomness from the loader's per-sample generator (a seed drawn from it, in a
-forked torch RNG), never from process-global state.
+randomness from the loader's per-sample generator, never from process-global
+state (no torch RNG is used).
 
-Cost per image: RandAugment at the full crop (~0.1-0.3 ms at 56 px) plus the
-crop (~0.1 ms); the model's step is what gets cheaper (about with B*B).
+Cost per image: RandAugment at the full crop, batched (:class:`CurriculumAugment`),
+plus the crop (~0.1 ms); the model's step is what gets cheaper (about with B*B).
 """
 
 from __future__ import annotations
@@ -108,31 +108,65 @@ class CurriculumSchedule:
 
 
 class CurriculumAugment:
-    """Applies a batch's setting to one cropped image: RandAugment, then the low-frequency crop."""
+    """Applies a batch's setting to its cropped images: RandAugment, then the low-frequency crop.
+
+    RandAugment runs on the whole batch at once. Each image draws its own
+    ``num_ops`` operations and signs from its own generator, as torchvision's
+    RandAugment draws them for one image; then each (operation, sign) is
+    applied in one batched call to the images that drew it, with
+    torchvision's own operations at the batch's magnitude (those kernels work
+    on any leading batch dimensions). The result is image for image what
+    applying each image's draws alone gives (``tests/test_loader_curriculum.py``),
+    at a fraction of the cost: one image at a time, torchvision's per-call
+    overhead made RandAugment 4x the decode and crop of a 56 px image
+    (docs/benchmarks.md).
+    """
 
     def __init__(self, config: CurriculumConfig) -> None:
         self.config = config
         self.crop = LOW_FREQUENCY[config.method]
-        self._augmenters: dict[int, object] = {}
+        self._augmenter = None
 
-    def _augmenter(self, magnitude: int):
-        if magnitude not in self._augmenters:
+    def _space(self):
+        if self._augmenter is None:
             from torchvision.transforms import v2  # the loader's worker imports it once
 
-            self._augmenters[magnitude] = v2.RandAugment(num_ops=self.config.num_ops, magnitude=magnitude)
-        return self._augmenters[magnitude]
+            self._augmenter = v2.RandAugment(num_ops=self.config.num_ops)
+        return self._augmenter
+
+    def draws(self, rng: np.random.Generator) -> list[tuple[int, bool]]:
+        """One image's RandAugment draws from its generator: (operation index, negated) per op."""
+        ops = rng.integers(0, len(self._space()._AUGMENTATION_SPACE), self.config.num_ops)
+        negate = rng.random(self.config.num_ops) < 0.5
+        return [(int(o), bool(n)) for o, n in zip(ops, negate)]
+
+    def batch(self, images: list[np.ndarray], setting: StageSetting,
+              rngs: list[np.random.Generator]) -> list[np.ndarray]:
+        """(H, W, 3) uint8 images -> (band, band, 3) uint8; ``rngs[i]`` (image i's generator) draws its ops."""
+        if self.config.num_ops and images:
+            images = self._rand_augment(images, setting.magnitude, [self.draws(r) for r in rngs])
+        return [self.crop(image, setting.band) for image in images]
 
     def __call__(self, image: np.ndarray, setting: StageSetting, rng: np.random.Generator) -> np.ndarray:
-        """(H, W, 3) uint8 -> (band, band, 3) uint8. ``rng`` (the sample's generator) seeds RandAugment."""
-        if self.config.num_ops:
-            image = self._rand_augment(image, setting.magnitude, int(rng.integers(0, 2 ** 63 - 1)))
-        return self.crop(image, setting.band)
+        """One image: :meth:`batch` of one."""
+        return self.batch([image], setting, [rng])[0]
 
-    def _rand_augment(self, image: np.ndarray, magnitude: int, seed: int) -> np.ndarray:
+    def _rand_augment(self, images: list[np.ndarray], magnitude: int,
+                      draws: list[list[tuple[int, bool]]]) -> list[np.ndarray]:
         import torch
 
-        planar = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        with torch.random.fork_rng(devices=[]):   # the caller's torch RNG is left as it was
-            torch.manual_seed(seed)
-            out = self._augmenter(magnitude)(planar)
-        return np.ascontiguousarray(out.numpy().transpose(1, 2, 0))
+        augmenter = self._space()
+        names = list(augmenter._AUGMENTATION_SPACE)
+        planar = torch.from_numpy(np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2)))
+        height, width = planar.shape[-2:]
+        for op in range(self.config.num_ops):
+            chosen = [d[op] for d in draws]
+            for key in sorted(set(chosen)):
+                name = names[key[0]]
+                values, signed = augmenter._AUGMENTATION_SPACE[name]
+                values = values(augmenter.num_magnitude_bins, height, width)
+                value = 0.0 if values is None else float(values[magnitude]) * (-1 if signed and key[1] else 1)
+                rows = torch.tensor([i for i, c in enumerate(chosen) if c == key])
+                planar[rows] = augmenter._apply_image_or_video_transform(
+                    planar[rows], name, value, interpolation=augmenter.interpolation, fill=augmenter._fill)
+        return list(planar.numpy().transpose(0, 2, 3, 1))

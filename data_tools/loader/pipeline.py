@@ -127,7 +127,7 @@ class _Pipeline(wds.DataPipeline):
 
     def _make_batch(self, items: list, seeds: list[list[int]] | None,
                     setting: StageSetting | None = None) -> Batch:
-        arrays, labels, keys = [], [], []
+        arrays, labels, keys, rngs = [], [], [], []
         for i, item in enumerate(items):
             if item is None:
                 continue
@@ -137,10 +137,12 @@ class _Pipeline(wds.DataPipeline):
                 count_skip(self.skipped, "corrupt_image", f"{item.shard}:{item.key}: {exc}")
                 continue
             rng = np.random.default_rng(seeds[i]) if seeds else None
-            array = self.transform(image, rng)
-            arrays.append(self.augment(array, setting, rng) if setting is not None else array)
+            arrays.append(self.transform(image, rng))
+            rngs.append(rng)
             labels.append(self.encoder.ids(item.meta.get("labels", [])))
             keys.append(item.key)
+        if setting is not None:  # the curriculum's RandAugment and crop, batched (each image's own rng)
+            arrays = self.augment.batch(arrays, setting, rngs)
         crop = self.transform.crop if setting is None else setting.band
         stacked = np.stack(arrays) if arrays else np.zeros((0, crop, crop, 3), dtype=np.uint8)
         # Skips found while reading shards (before this call) are reported here too.

@@ -38,7 +38,10 @@ class CropTransform:
         image = Image.open(io.BytesIO(data))
         if image.format == "JPEG":
             image.draft("RGB", (self.resize, self.resize))
-        return image.convert("RGB")
+        if image.mode != "RGB":
+            return image.convert("RGB")
+        image.load()  # what convert would do first; convert("RGB") of an RGB image is a full copy
+        return image
 
     def __call__(self, image: Image.Image, rng: np.random.Generator | None) -> np.ndarray:
         """The crop of one decoded image as a (crop, crop, 3) uint8 array.

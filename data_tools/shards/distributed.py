@@ -4,9 +4,11 @@ Rank r of W (``RANK``/``WORLD_SIZE`` from the DeepSpeed launcher or torchrun,
 or ``--rank``/``--world-size``), all writing one output folder on a shared
 filesystem:
 
-1. bucket the input records i with ``i % W == r`` (i counts the input in
-   reading order, so the (rank, key, i) sort ties break as on one machine)
-   into this rank's own files, ``.work/wW/buckets/rank-R/``;
+1. read this rank's parts of the input (parts p with ``p % W == r``:
+   :func:`data_tools.shards.readers.input_parts`; a CSV, which cannot be cut,
+   is read whole and its records i with ``i % W == r`` kept) and bucket them
+   into this rank's own files, ``.work/wW/buckets/rank-R/``; a record's place
+   (part, position) breaks (rank, key) ties as on one machine;
 2. settle the bucket tree: the ranks exchange per-bucket counts and each
    splits its own file of every bucket whose *summed* count exceeds
    ``bucket_records`` (:func:`data_tools.shards.buckets.settle_buckets`), so
@@ -26,8 +28,8 @@ polled, not torch.distributed, because
 - a rank killed and rerun rejoins where it stopped: the markers of the steps
   it (and the others) passed are still on disk, whereas a gloo group dies
   with any of its processes and cannot be re-entered by one of them;
-- the ranks need a shared filesystem anyway (each reads all ranks' bucket
-  files), so the markers need nothing more: no rendezvous port, no network
+- the ranks need a shared filesystem anyway (each reads the input and all
+  ranks' bucket files), so the markers need nothing more: no rendezvous port, no network
   between the machines beyond the filesystem.
 
 The cost is polling (one folder listing per rank every ``poll`` seconds at most) and a timeout for a rank that never

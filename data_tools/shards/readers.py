@@ -1,14 +1,20 @@
-"""The input readers of ``datascale shards write`` by format name, and ``format: auto``."""
+"""The input readers of ``datascale shards write`` by format name, ``format: auto``, and the
+input cut into parts that ranks read apart (:func:`input_parts`)."""
 
 from __future__ import annotations
 
 import collections
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from datascale.errors import DataError
-from data_tools.shards.samples import looks_like_files, read_files, read_wds
-from data_tools.shards.sources import SourceRecord, read_folder, read_manifest, read_world
+from data_tools.shards.label_source import SAMPLE_FORMATS, LabelSource
+from data_tools.shards.samples import (files_parts, looks_like_files, read_files, read_wds,
+                                       wds_tars)
+from data_tools.shards.sources import (SourceRecord, class_folders, manifest_pieces,
+                                       read_class_folder, read_folder, read_manifest, read_world,
+                                       world_manifest)
 
 READERS: dict[str, Callable[[Path, Any, collections.Counter], Iterator[SourceRecord]]] = {
     "folder": read_folder,
@@ -17,6 +23,56 @@ READERS: dict[str, Callable[[Path, Any, collections.Counter], Iterator[SourceRec
     "files": read_files,
     "world": read_world,
 }
+
+
+@dataclass(frozen=True)
+class InputPart:
+    """A contiguous piece of the input, in reading order, that one rank reads alone.
+
+    ``read(skipped, labels)`` gives its records; ``labels`` is the process's
+    :class:`LabelSource` for tar and ``files`` input (None elsewhere).
+    """
+
+    number: int
+    name: str
+    read: Callable[[collections.Counter, Any], Iterator[SourceRecord]]
+
+
+def input_parts(fmt: str, source: Path, options: Any, pieces: int) -> list[InputPart] | None:
+    """The input cut into parts for ranks to read apart, in reading order; None when it cannot
+    be cut (a CSV manifest: every rank then reads all of it and keeps every W-th record).
+
+    Parts are class folders (``folder``), tars (``wds``), the top folder's own
+    files then each subfolder (``files``), row groups (Parquet manifest) or
+    ``pieces`` byte ranges of the lines (JSONL manifest, ``world``). Reading
+    the parts one after another gives the records in the order of the
+    format's whole-input reader, so a record's place is (part, position in
+    the part) on any number of ranks.
+    """
+    if fmt == "folder":
+        return [InputPart(i, d.name, lambda skipped, _, d=d: read_class_folder(source, d, skipped))
+                for i, d in enumerate(class_folders(source))]
+    if fmt == "wds":
+        return [InputPart(i, t.name, lambda skipped, labels, t=t:
+                          read_wds(source, options, skipped, [t], labels))
+                for i, t in enumerate(wds_tars(source))]
+    if fmt == "files":
+        return [InputPart(i, p or ".", lambda skipped, labels, p=p:
+                          read_files(source, options, skipped, p, labels))
+                for i, p in enumerate(files_parts(source))]
+    manifest = world_manifest(source, options.split) if fmt == "world" else source
+    cut = manifest_pieces(manifest, pieces)
+    if cut is None:
+        return None
+    read = read_world if fmt == "world" else read_manifest
+    return [InputPart(i, f"{manifest.name}[{i}]", lambda skipped, _, piece=piece:
+                      read(source, options, skipped, piece=piece))
+            for i, piece in enumerate(cut)]
+
+
+def label_source(fmt: str, options: Any) -> LabelSource | None:
+    """The one label source a process shares across its parts (tar and ``files`` input)."""
+    return LabelSource(options) if fmt in SAMPLE_FORMATS else None
 
 
 def detect_format(path: Path) -> str:

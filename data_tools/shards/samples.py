@@ -60,9 +60,20 @@ def _tar_groups(path: Path, skipped: collections.Counter) -> Iterator[Group]:
         yield current, f"{path.name}:{current}", images, small
 
 
-def _files_groups(root: Path, skipped: collections.Counter) -> Iterator[Group]:
-    """One group per sample of an img2dataset ``files`` folder, folder by folder in name order."""
-    for folder, dirs, files in os.walk(root):
+def _files_groups(root: Path, skipped: collections.Counter, part: str | None = None) -> Iterator[Group]:
+    """One group per sample of an img2dataset ``files`` folder, folder by folder in name order.
+
+    ``part``: only that piece of the walk (:func:`files_parts`): ``""`` the
+    top folder's own files, or a top-level subfolder's name (walked whole).
+    """
+    if part is None:
+        walk = os.walk(root)
+    elif part == "":
+        folder, _, files = next(os.walk(root))
+        walk = iter([(folder, [], files)])
+    else:
+        walk = os.walk(root / part)
+    for folder, dirs, files in walk:
         dirs.sort()
         top = Path(folder) == root
         groups: dict[str, tuple[dict, dict]] = {}
@@ -82,9 +93,17 @@ def _files_groups(root: Path, skipped: collections.Counter) -> Iterator[Group]:
             yield key, (Path(folder) / key).relative_to(root).as_posix(), images, small
 
 
-def _records(groups: Iterator[Group], options: Any, skipped: collections.Counter
-             ) -> Iterator[SourceRecord]:
-    source = LabelSource(options)
+def files_parts(root: Path) -> list[str]:
+    """The pieces of a ``files`` folder in the order :func:`_files_groups` walks it: the top
+    folder's own files, then each top-level subfolder (img2dataset's shard folders)."""
+    if not root.is_dir():
+        raise DataError(f"{root}: 'files' input must be a folder")
+    return [""] + sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+
+
+def _records(groups: Iterator[Group], options: Any, skipped: collections.Counter,
+             source: LabelSource | None = None) -> Iterator[SourceRecord]:
+    source = source or LabelSource(options)
     for key, where, images, small in groups:
         if not images:
             count_skip(skipped, "no_image_member", where)
@@ -104,20 +123,33 @@ def _records(groups: Iterator[Group], options: Any, skipped: collections.Counter
                            kept_fields(small) or None)
 
 
-def read_wds(root: Path, options: Any, skipped: collections.Counter) -> Iterator[SourceRecord]:
-    """WebDataset / img2dataset tar shards (a .tar or a folder of them, searched recursively)."""
+def wds_tars(root: Path) -> list[Path]:
+    """The tars of a WebDataset input in reading order (a .tar, or a folder searched recursively)."""
     tars = sorted(root.rglob("*.tar")) if root.is_dir() else [root]
     if not tars:
         raise DataError(f"{root}: no .tar shards found")
-    for tar_path in tars:
-        yield from _records(_tar_groups(tar_path, skipped), options, skipped)
+    return tars
 
 
-def read_files(root: Path, options: Any, skipped: collections.Counter) -> Iterator[SourceRecord]:
-    """An img2dataset ``files`` folder: SUBFOLDER/KEY.jpg + KEY.json (+ KEY.txt, KEY.cls)."""
+def read_wds(root: Path, options: Any, skipped: collections.Counter,
+             tars: list[Path] | None = None, source: LabelSource | None = None) -> Iterator[SourceRecord]:
+    """WebDataset / img2dataset tar shards (a .tar or a folder of them, searched recursively).
+
+    ``tars``: only these of them; ``source``: the label source to use (one
+    per process, so that a sidecar table is loaded once for all its parts).
+    """
+    source = source or LabelSource(options)
+    for tar_path in wds_tars(root) if tars is None else tars:
+        yield from _records(_tar_groups(tar_path, skipped), options, skipped, source)
+
+
+def read_files(root: Path, options: Any, skipped: collections.Counter,
+               part: str | None = None, source: LabelSource | None = None) -> Iterator[SourceRecord]:
+    """An img2dataset ``files`` folder: SUBFOLDER/KEY.jpg + KEY.json (+ KEY.txt, KEY.cls);
+    ``part``: only that piece of it (:func:`files_parts`), ``source`` as for :func:`read_wds`."""
     if not root.is_dir():
         raise DataError(f"{root}: 'files' input must be a folder")
-    yield from _records(_files_groups(root, skipped), options, skipped)
+    yield from _records(_files_groups(root, skipped, part), options, skipped, source)
 
 
 def looks_like_files(root: Path, probe: int = 200) -> bool:

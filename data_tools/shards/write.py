@@ -54,8 +54,8 @@ from datascale.formats.wds import (ImageCheckError, ShardSample, iter_shard_samp
                                  write_tar)
 from data_tools.shards.images import stored_image
 from data_tools.shards.label_source import CAPTION_FIELD, SAMPLE_FORMATS, check_label_config
-from data_tools.shards.readers import READERS, detect_format
-from data_tools.shards.sources import count_skip, folder_class_names, read_ref
+from data_tools.shards.readers import READERS, detect_format, input_parts, label_source
+from data_tools.shards.sources import IMAGE_EXTENSIONS, count_skip, folder_class_names, read_ref
 
 __all__ = ["ShardsConfig", "ShardSample", "iter_shard_samples", "load_manifest",
            "sample_rank", "sample_ranks", "shard_name", "write_shards"]
@@ -65,17 +65,21 @@ STAGE = "shards"
 # --------------------------------------------------------------------------- vocabulary
 
 
-def _resolve_vocabulary(fmt: str, source: Path, cfg: ShardsConfig) -> Vocabulary:
+def _resolve_vocabulary(fmt: str, source: Path, cfg: ShardsConfig, ranks: Ranks) -> Vocabulary:
     if cfg.classes:
         return Vocabulary.load(cfg.classes)
     if fmt == "world":
         return Vocabulary.load(source / "classes.json")
     if fmt == "folder":
         return Vocabulary.flat(folder_class_names(source))
-    # Manifests and tars without classes.json: one metadata pass over the labels.
+    # Manifests and tars without classes.json: one metadata pass over the labels, each rank over
+    # its parts, then the union (the bucket pass counts and names the skips, so not here).
     names: set = set()
-    for record in READERS[fmt](source, cfg, collections.Counter()):
+    for _, record in _skips_unnamed(_records_of_rank(fmt, source, cfg, ranks, collections.Counter())):
         names.update(record.labels)
+    if ranks.world_size > 1:
+        found = ranks.exchange("vocabulary", {"names": sorted(names, key=lambda n: (str(type(n)), n))})
+        names = {name for payload in found for name in payload["names"]}
     if not names:
         where = ("labels_from / labels_column / labels_manifest" if fmt in SAMPLE_FORMATS
                  else "labels_column")
@@ -113,18 +117,10 @@ def _bucket_pass(fmt: str, source: Path, cfg: ShardsConfig, vocab: Vocabulary, r
     """Read this rank's input records, label them with class ids and a rank, append them to its
     buckets, settle the buckets (with the other ranks) and save this rank's bucket state."""
     skipped: collections.Counter = collections.Counter()
-    # Every rank reads the whole input (metadata only) to number the records; the reader's own
-    # skips (a bad tar member, a file that is no image) are rank 0's to count and name.
-    reader_skips: collections.Counter = collections.Counter()
     writer = buckets_mod.BucketWriter(ranks.bucket_folder())
     has_true = False
-    records = READERS[fmt](source, cfg, reader_skips)
-    if ranks.rank:
-        records = _skips_unnamed(records)
-    for index, rec in enumerate(tqdm(records, desc="shards: reading input", unit=" img",
-                                     disable=not progress)):
-        if index % ranks.world_size != ranks.rank:
-            continue
+    records = _records_of_rank(fmt, source, cfg, ranks, skipped)
+    for index, rec in tqdm(records, desc="shards: reading input", unit=" img", disable=not progress):
         ids = _label_ids(rec.labels, vocab, cfg, skipped, rec.source)
         if not ids:
             count_skip(skipped, "no_labels", rec.source)
@@ -136,8 +132,6 @@ def _bucket_pass(fmt: str, source: Path, cfg: ShardsConfig, vocab: Vocabulary, r
         writer.add([sample_rank(rec.key, cfg.salt), rec.key, ids, true, rec.source, rec.ref,
                     rec.ext, index, rec.kept])
     leaves, totals = buckets_mod.settle_buckets(writer.close(), cfg.bucket_records, ranks.exchange)
-    if ranks.rank == 0:
-        skipped.update(reader_skips)
     state = {"buckets": [vars(b) for b in leaves], "totals": totals, "skipped": dict(skipped),
              "has_true": has_true}
     write_json(_rank_state_file(ranks), state)
@@ -161,6 +155,37 @@ def _skips_unnamed(records: Iterator) -> Iterator:
         if record is None:
             return
         yield record
+
+
+def _records_of_rank(fmt: str, source: Path, cfg: ShardsConfig, ranks: Ranks,
+                     skipped: collections.Counter) -> Iterator[tuple[list[int], SourceRecord]]:
+    """(place, record) for this rank's share of the input, in reading order.
+
+    The input is cut into parts (:func:`data_tools.shards.readers.input_parts`)
+    and rank r reads parts p with p % W == r, counting and naming the skips of
+    its parts. ``place`` is [p, position in p]: it orders records as one
+    machine reads them, which breaks (rank, key) ties in the shard order, so
+    the output does not depend on W. An input that cannot be cut (a CSV) is
+    read whole by every rank, which keeps the records i with i % W == r;
+    there the reader's own skips are rank 0's to name.
+    """
+    parts = input_parts(fmt, source, cfg, ranks.world_size)
+    if parts is None:
+        records = READERS[fmt](source, cfg, skipped if ranks.rank == 0 else collections.Counter())
+        if ranks.rank:
+            records = _skips_unnamed(records)
+        for index, record in enumerate(records):
+            if index % ranks.world_size == ranks.rank:
+                yield [0, index], record
+        return
+    labels = label_source(fmt, cfg)
+    for part in parts:
+        if part.number % ranks.world_size != ranks.rank:
+            continue
+        if labels is not None:  # `labels_from=auto` picks its source on the input's first sample
+            labels.first = part.number == 0
+        for position, record in enumerate(part.read(skipped, labels)):
+            yield [part.number, position], record
 
 
 # --------------------------------------------------------------------------- pass 2
@@ -324,8 +349,8 @@ def write_shards(source: str | Path, out_dir: str | Path, cfg: ShardsConfig | No
     written. A rank waits at most ``barrier_timeout`` seconds for the others.
     Memory: at most ``cfg.bucket_records`` metadata records per process (see
     :mod:`data_tools.shards.buckets`) plus one image per worker.
-    Time: one metadata pass (on every rank), then read + check + write each
-    image once (on one rank).
+    Time: one metadata pass (each rank over its 1/W of the input), then
+    read + check + write each image once (on one rank).
     """
     cfg = cfg or ShardsConfig()
     cfg.validate()
@@ -363,7 +388,7 @@ def _write_into(fmt: str, source: Path, out: Path, cfg: ShardsConfig, ranks: Ran
                 progress: bool) -> dict:
     """The body of :func:`write_shards` once the output folder is prepared."""
     ranks.clear_failure()
-    vocab = _resolve_vocabulary(fmt, source, cfg)
+    vocab = _resolve_vocabulary(fmt, source, cfg, ranks)
     if _rank_state_file(ranks).is_file():
         log.info("resuming %s: rank %d's input already bucketed", out, ranks.rank)
         state = json.loads(_rank_state_file(ranks).read_text(encoding="utf-8"))
@@ -376,7 +401,9 @@ def _write_into(fmt: str, source: Path, out: Path, cfg: ShardsConfig, ranks: Ran
               for name, b in zip(names, state["buckets"])]
     groups = buckets_mod.plan_groups(leaves, cfg.bucket_records, cfg.samples_per_shard)
     if not groups:
-        raise DataError(f"{source}: no usable images (skipped: {merged['skipped'] or 'none'})")
+        what = (f"the class folders hold no images ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+                if fmt == "folder" else "no usable images")
+        raise DataError(f"{source}: {what} (skipped: {merged['skipped'] or 'none'})")
     total = groups[-1]["first_shard"] + groups[-1]["shards"]
     owned = shards_of_rank(total, ranks)
     my_shards = [shard_name(i) for i in owned]

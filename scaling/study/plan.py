@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 # Rough seconds per unit on 2 CPU cores, for the plan's time estimate only.
 _ESTIMATE = {"synth": 10, "shards": 3, "subsets": 1, "pretrain": 65, "dedup": 4,
              "finetune": 9, "analysis": 11}
+_PRETRAIN_STEPS = 800  # the demo's schedule, at which a pretraining run took _ESTIMATE["pretrain"]
 # Fine-tuning: seconds per step by (task, mode) on 2 idle cores at demo scale (docs/benchmarks.md),
 # plus loading and evaluation; a run's steps come from its train.steps override (60 by default).
 _STEP_SECONDS = {("detection", "frozen"): 0.07, ("detection", "finetune"): 0.10,
@@ -52,6 +53,8 @@ _RUN_OVERHEAD, _DEFAULT_STEPS = 1.0, 60
 
 def estimate_seconds(step: Step) -> float:
     """Rough seconds ``step`` takes on 2 CPU cores at demo scale (the plan's estimate only)."""
+    if step.stage == "pretrain":
+        return _ESTIMATE["pretrain"] * step.units
     if step.stage != "finetune":
         return _ESTIMATE.get(step.stage, 10)
     argv = step.argv
@@ -77,6 +80,7 @@ class Step:
     distributed: bool = False      # runs through the DeepSpeed launcher on a cluster
     subprocess: bool = False       # runs in its own process (DeepSpeed's process group)
     marker: str = COMPLETE_FILE    # its completion marker in ``out`` (analysis steps share results/)
+    units: float = 1.0             # its size against the estimate's unit (pretraining: steps / 800)
     status: str = "pending"
     seconds: float = 0.0
 
@@ -158,8 +162,13 @@ def build_plan(cfg) -> Plan:
             argv = ["launch", "--hostfile", cfg.hostfile, "--nproc", str(cfg.pretrain.nproc), *argv]
         elif cfg.pretrain.nproc > 1:
             argv += ["--nproc", str(cfg.pretrain.nproc)]
+        steps = base.schedule.steps
+        for value in point_sets(point, base, defaults_by_size):
+            if value.startswith("schedule.steps="):
+                steps = int(value.split("=", 1)[1])
         plan.add("pretrain", f"pretrain {point.name(default)}", argv, run,
-                 distributed=cfg.launcher == "deepspeed", subprocess=True)
+                 distributed=cfg.launcher == "deepspeed", subprocess=True,
+                 units=steps / _PRETRAIN_STEPS)
         backbones[point] = run / "backbone.pt"
     cleaned = _plan_dedup(cfg, plan, root, root / "subsets" / names[-1], backbones[default])
     teachers = _plan_finetune(cfg, plan, root, {p.name(default): b for p, b in backbones.items()}, cleaned,
@@ -378,8 +387,9 @@ def print_plan(plan: Plan, cfg, file=None) -> None:
     todo = [s for s in plan.steps if not (s.out / s.marker).is_file()]
     if cfg.world is not None:
         estimate = sum(estimate_seconds(s) for s in todo)
-        print(f"  estimated time for the {len(todo)} commands not done yet: ~{max(1, round(estimate / 60))} min "
-              "(rough figures measured on 2 CPU cores at demo scale)", file=file)
+        print(f"  estimated time for the {len(todo)} commands with no finished output: "
+              f"~{max(1, round(estimate / 60))} min (rough figures measured on 2 CPU cores at demo scale; "
+              "a finished output whose config changed runs again and is not counted)", file=file)
     else:
         print(f"  {len(todo)} commands not done yet; their time depends on the data and the cluster", file=file)
 
