@@ -162,10 +162,8 @@ def build_plan(cfg) -> Plan:
             argv = ["launch", "--hostfile", cfg.hostfile, "--nproc", str(cfg.pretrain.nproc), *argv]
         elif cfg.pretrain.nproc > 1:
             argv += ["--nproc", str(cfg.pretrain.nproc)]
-        steps = base.schedule.steps
-        for value in point_sets(point, base, defaults_by_size):
-            if value.startswith("schedule.steps="):
-                steps = int(value.split("=", 1)[1])
+        steps = next((int(v.split("=", 1)[1]) for v in reversed(point_sets(point, base, defaults_by_size))
+                      if v.startswith("schedule.steps=")), base.schedule.steps)
         plan.add("pretrain", f"pretrain {point.name(default)}", argv, run,
                  distributed=cfg.launcher == "deepspeed", subprocess=True,
                  units=steps / _PRETRAIN_STEPS)
