@@ -77,8 +77,8 @@ def test_ranks_read_disjoint_slices_that_add_up_to_one_machine(tmp_path, name):
         assert [key for _, key in sorted(r for part in slices for r in part)] == [k for _, k in one]
         if name != "csv":  # a CSV cannot be cut: every rank reads it whole (and keeps i % W == r)
             assert input_parts(fmt, source, cfg, world_size) is not None
-            for part in slices:  # a place names the part it came from: each rank read only its own
-                assert {place[0] % world_size for place, _ in part} <= {slices.index(part)}
+            for rank, part in enumerate(slices):  # a place names its part: each rank read only its own
+                assert {place[0] % world_size for place, _ in part} <= {rank}
     assert (input_parts(fmt, source, cfg, 2) is None) == (name == "csv")
 
 
@@ -136,6 +136,8 @@ def test_a_bad_row_is_named_by_its_byte_offset_in_a_piece(tmp_path):
         list(manifest_rows(path, piece=cut[1]))
     with pytest.raises(DataError, match=r"line 21: not valid JSON"):
         list(manifest_rows(path))
+    with pytest.raises(DataError, match=r"line 21: not valid JSON"):  # one rank: one piece, lines counted
+        list(manifest_rows(path, piece=manifest_pieces(path, 1)[0]))
 
 
 def _threads(target, world_size):

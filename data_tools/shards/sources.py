@@ -235,7 +235,8 @@ def located_rows(path: Path, batch_rows: int = 65536, piece: Piece | None = None
 
 
 def _whole(piece: Piece | None) -> bool:
-    return piece is None or (piece.start == 0 and piece.end is None)
+    """True when line numbers count from the file's start (the whole file, or its first piece)."""
+    return piece is None or piece.start == 0
 
 
 def row_name(path: Path, piece: Piece | None, position: int) -> str:
