@@ -58,10 +58,12 @@ class CropTransform:
             top = int(rng.integers(0, size[1] - self.crop + 1))
         else:
             left, top = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
-        array = np.asarray(image.crop((left, top, left + self.crop, top + self.crop)))
+        image = image.crop((left, top, left + self.crop, top + self.crop))
         if self.train and rng.random() < 0.5:
-            array = array[:, ::-1]
-        return np.ascontiguousarray(array)
+            # PIL's flip, not a reversed numpy view: copying that view to contiguous memory moves
+            # 3-byte pixels one at a time and cost ~6% of a loader worker's time (py-spy, 2026-12-03).
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return np.asarray(image)
 
 
 def paper_transform(image_size: int, train: bool) -> CropTransform:
