@@ -108,3 +108,32 @@ def test_a_missing_shard_is_counted_not_fatal(tmp_path):
     batches = list(train)
     assert all(b.positions == 4 for b in batches)
     assert sum(len(b.keys) for b in batches) < 12 and train.skipped["missing_sample"] >= 1
+
+
+def test_train_crop_is_the_resized_photo_window_or_its_mirror_about_half_the_time():
+    """On a real photo: each train crop equals a window of the resized image, unflipped or
+    mirrored left-right (never anything else), the mirror is taken about half the time, and the
+    same rng state gives the same pixels (exact resume relies on it)."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data as skdata
+    from data_tools.loader.transforms import CropTransform
+    photo = Image.fromarray(skdata.chelsea())  # 451 x 300
+    transform = CropTransform(72, 64, train=True)
+    width, height = photo.size
+    scale = 72 / min(width, height)
+    resized = np.asarray(photo.resize((round(width * scale), round(height * scale)), Image.BILINEAR))
+    flips = 0
+    for seed in range(60):
+        out = transform(photo, np.random.default_rng(seed))
+        assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+        assert np.array_equal(out, transform(photo, np.random.default_rng(seed)))
+        rng = np.random.default_rng(seed)
+        left = int(rng.integers(0, resized.shape[1] - 64 + 1))
+        top = int(rng.integers(0, resized.shape[0] - 64 + 1))
+        window = resized[top: top + 64, left: left + 64]
+        flipped = rng.random() < 0.5
+        assert np.array_equal(out, window[:, ::-1] if flipped else window)
+        assert not np.array_equal(window, window[:, ::-1])  # the photo tells the two apart
+        flips += flipped
+    assert 18 <= flips <= 42
