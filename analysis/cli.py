@@ -33,7 +33,7 @@ DEFAULT_TABLE = "results/results.parquet"
 def register_cli(subparsers) -> None:
     """Add ``results collect``, ``fit`` and ``plot`` to the datascale parser."""
     results = subcommand(subparsers, "results", None, help="collect run folders into results.parquet",
-                         description="Work with the results table. Actions: collect.")
+                         description="Work with the results table. Actions: collect, compare.")
     results.set_defaults(func=lambda args: _print_help(results))
     actions = results.add_subparsers(dest="action", metavar="ACTION")
     collect = subcommand(actions, "collect", run_collect, help="run folders -> results.parquet + excluded.csv",
@@ -44,6 +44,17 @@ def register_cli(subparsers) -> None:
     collect.add_argument("--out", default=DEFAULT_TABLE, help="the results table to write")
     collect.add_argument("--merge", action="store_true",
                          help="keep rows of runs not under RUNS_DIR already in the table (locked, deduplicated)")
+
+    compare = subcommand(actions, "compare", run_compare, help="studies side by side (e.g. world seeds)",
+                         description="Put the headlines of several studies side by side: per (task, mode), "
+                                     "in how many the largest subset beats random init, the slope's interval "
+                                     "is above zero and the largest run converged, and the mean slope per 10x "
+                                     "with a t interval over the studies (study-to-study variance). Each "
+                                     "STUDY is a study folder or its results folder, after `datascale fit`.")
+    compare.add_argument("studies", nargs="+", metavar="STUDY", help="study or results folders")
+    compare.add_argument("--names", help="comma-separated names for the studies (default: folder names)")
+    compare.add_argument("--test-set", default="original", help="which test set's metrics (default: original)")
+    compare.add_argument("--out", help="also write the markdown tables to this file")
 
     fit = subcommand(subparsers, "fit", run_fit, help="scaling-curve fits with intervals over pretraining runs",
                      description="Fit metric against pretraining images per curve (task, metric, test set, "
@@ -100,6 +111,18 @@ def run_collect(args: argparse.Namespace) -> int:
         for item in collection.excluded:
             where = "/".join(p for p in (item["test_set"], item["metric"]) if p)
             print(f"  {item['run_dir']}{' [' + where + ']' if where else ''}: {item['reason']}")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """``datascale results compare``: prints both tables (and writes them to --out)."""
+    from analysis.compare import compare_markdown, compare_values
+
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    text = compare_markdown(compare_values(args.studies, names, args.test_set))
+    print(text, end="")
+    if args.out:
+        write_text(Path(args.out), text)
     return 0
 
 

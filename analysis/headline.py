@@ -88,9 +88,12 @@ def verdict(slope_low: float, slope_high: float, best: float, bound: float) -> s
     return "flat"
 
 
-def headline_table(results: pd.DataFrame, fits: pd.DataFrame, test_set: str = "original") -> pd.DataFrame:
-    """One row per (task, mode): main metric at the smallest and largest size, random init,
-    slope per 10x [interval], verdict. Means are over every run at a size."""
+def headline_values(results: pd.DataFrame, fits: pd.DataFrame, test_set: str = "original") -> pd.DataFrame:
+    """The headline's numbers, one row per (task, mode): the main metric's mean at the smallest
+    and largest size (``smallest``/``largest``, at ``smallest_images``/``largest_images``),
+    random init's mean (``random``, NaN when not run), the log-linear slope per 10x with its
+    interval (``slope``, ``slope_low``, ``slope_high`` at ``ci_level``), the ``verdict``,
+    ``beats_random`` and ``converged`` (the fit's ``largest_converged``, None when unknown)."""
     metrics = main_metrics(results)
     rows = []
     main = main_setting(results[(results["test_set"] == test_set)
@@ -101,21 +104,42 @@ def headline_table(results: pd.DataFrame, fits: pd.DataFrame, test_set: str = "o
             continue
         means = sized.groupby("subset_images")["value"].mean()
         random = group[group["subset_images"].isna() & (group["init"] == "random")]["value"]
-        fit = _chosen_fit(fits, task, metrics[str(task)], mode, test_set)
-        low, high = (fit.get("slope_per_10x_low", math.nan), fit.get("slope_per_10x_high", math.nan)) \
-            if fit is not None else (math.nan, math.nan)
-        slope = fit.get("slope_per_10x", math.nan) if fit is not None else math.nan
-        level = int(round(100 * fit["ci_level"])) if fit is not None else 95
+        fit = _chosen_fit(fits, task, metrics[str(task)], mode, test_set) or {}
+        low, high = fit.get("slope_per_10x_low", math.nan), fit.get("slope_per_10x_high", math.nan)
         rows.append({
             "task": task, "mode": mode, "metric": metrics[str(task)],
-            "smallest": f"{means.iloc[0]:.3f} ({images_text(means.index[0])})",
-            "largest": f"{means.iloc[-1]:.3f} ({images_text(means.index[-1])})",
-            "random init": f"{random.mean():.3f}" if len(random) else "not run",
-            f"slope per 10x [{level}% CI]": (f"{slope:+.3f} [{low:+.3f}, {high:+.3f}]"
-                                             if not math.isnan(slope) else "not fitted"),
+            "smallest_images": float(means.index[0]), "smallest": float(means.iloc[0]),
+            "largest_images": float(means.index[-1]), "largest": float(means.iloc[-1]),
+            "random": float(random.mean()) if len(random) else math.nan,
+            "slope": float(fit.get("slope_per_10x", math.nan)), "slope_low": float(low),
+            "slope_high": float(high), "ci_level": float(fit.get("ci_level", 0.95)),
             "verdict": verdict(low, high, float(means.max()), _bound(group["value"])),
-            "_beats_random": (means.iloc[-1] > random.mean()) if len(random) else None,
-            "_converged": fit.get("largest_converged") if fit is not None else None,
+            "beats_random": bool(means.iloc[-1] > random.mean()) if len(random) else None,
+            "converged": fit.get("largest_converged"),
+        })
+    return pd.DataFrame(rows)
+
+
+def slope_text(slope: float, low: float, high: float) -> str:
+    """``+0.048 [+0.026, +0.071]``, or ``not fitted``."""
+    return "not fitted" if math.isnan(slope) else f"{slope:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def headline_table(results: pd.DataFrame, fits: pd.DataFrame, test_set: str = "original") -> pd.DataFrame:
+    """One row per (task, mode): main metric at the smallest and largest size, random init,
+    slope per 10x [interval], verdict. Means are over every run at a size."""
+    rows = []
+    for _, v in headline_values(results, fits, test_set).iterrows():
+        level = int(round(100 * v["ci_level"]))
+        rows.append({
+            "task": v["task"], "mode": v["mode"], "metric": v["metric"],
+            "smallest": f"{v['smallest']:.3f} ({images_text(v['smallest_images'])})",
+            "largest": f"{v['largest']:.3f} ({images_text(v['largest_images'])})",
+            "random init": "not run" if math.isnan(v["random"]) else f"{v['random']:.3f}",
+            f"slope per 10x [{level}% CI]": slope_text(v["slope"], v["slope_low"], v["slope_high"]),
+            "verdict": v["verdict"],
+            "_beats_random": None if v["beats_random"] is None else bool(v["beats_random"]),
+            "_converged": v["converged"],
         })
     return pd.DataFrame(rows)
 
