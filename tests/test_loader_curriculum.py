@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import matplotlib.cbook
 import numpy as np
 import pytest
@@ -92,7 +94,7 @@ def test_bad_schedules_name_their_key(change, key):
 
 def test_stage_is_a_pure_function_of_the_step_and_one_step_has_one_size():
     schedule = CurriculumSchedule(CurriculumConfig(name="efficienttrain", starts=[0.0, 1 / 3, 5 / 6],
-                                                   sizes=[0.5, 0.75, 1.0], magnitude=[0, 9]),
+                                                   sizes=[0.5, 0.75, 1.0], magnitude=[0, 9], budget="steps"),
                                   crop=48, steps=12, batches_per_step=2)
     assert schedule.boundaries() == [0, 4, 10]
     stages = [schedule.at_step(s) for s in range(12)]
@@ -100,6 +102,25 @@ def test_stage_is_a_pure_function_of_the_step_and_one_step_has_one_size():
     assert stages[0].magnitude == 0 and stages[6].magnitude == round(9 * 6 / 12) and stages[11].magnitude == 8
     assert schedule.at_step(40).band == 48  # past the budget: the last stage
     assert [schedule.at_batch(k).band for k in range(8, 10)] == [36, 36]  # step 4's two micro-batches
+
+
+def test_compute_budget_gives_each_stage_its_share_of_the_compute_not_of_the_steps():
+    # Half the compute at 16 px of a 32 px crop (a quarter of the cost per step), half at full size.
+    schedule = CurriculumSchedule(CurriculumConfig(name="efficienttrain", starts=[0.0, 0.5], sizes=[0.5, 1.0],
+                                                   magnitude=[0, 8]), crop=32, steps=100, batches_per_step=1)
+    assert schedule.boundaries() == [0, 80]               # 80 steps x 1/4 = 20 steps x 1
+    assert [schedule.at_step(s).band for s in (0, 79, 80, 99)] == [16, 16, 32, 32]
+    assert math.isclose(schedule.compute_share(), (80 / 4 + 20) / 100)
+    # The magnitude ramps with the compute spent: half of it is spent at step 80, not step 50.
+    assert schedule.at_step(80).magnitude == 4 and schedule.at_step(40).magnitude == 2
+    assert schedule.at_step(90).magnitude == 6 and schedule.at_step(100).magnitude == 8
+    # The demo's schedule: 32 / 40 / 56 px of 56 from compute fractions 0 / 0.35 / 0.7.
+    demo = CurriculumSchedule(CurriculumConfig(name="efficienttrain", starts=[0.0, 0.35, 0.7],
+                                               sizes=[0.58, 0.72, 1.0]), crop=56, steps=4000, batches_per_step=1)
+    bounds = [*demo.boundaries(), 4000]
+    spent = [(b - a) * (band / 56) ** 2 for a, b, band in zip(bounds, bounds[1:], (32, 40, 56))]
+    assert np.allclose(np.array(spent) / sum(spent), [0.35, 0.35, 0.30], atol=1e-3)
+    assert 0.45 < demo.compute_share() < 0.52
 
 
 def test_augment_is_seeded_by_the_sample_rng_and_leaves_torch_rng_alone(photo):
@@ -165,7 +186,7 @@ def _cfg(workers: int) -> LoaderConfig:
 
 def _schedule(steps: int = 10) -> CurriculumSchedule:
     # Steps 0-3 at 8 px, 4-6 at 12 px, 7-9 at 16 px; 2 micro-batches a step.
-    config = CurriculumConfig(name="efficienttrain", starts=[0.0, 0.4, 0.7], sizes=[0.5, 0.75, 1.0])
+    config = CurriculumConfig(name="efficienttrain", starts=[0.0, 0.4, 0.7], sizes=[0.5, 0.75, 1.0], budget="steps")
     return CurriculumSchedule(config, crop=16, steps=steps, batches_per_step=2)
 
 

@@ -25,7 +25,7 @@ from test_pretrain_deepspeed import _metrics, _pretrain, _weights, pool  # noqa:
 
 CURRICULUM = ["--set", "schedule.steps=12", "--set", "schedule.checkpoint_every=4",
               "--set", "schedule.eval_every=12", "--set", "curriculum.name=efficienttrain",
-              "--set", "curriculum.starts=[0.0, 0.3333333, 0.8333333]",
+              "--set", "curriculum.starts=[0.0, 0.3333333, 0.8333333]", "--set", "curriculum.budget=steps",
               "--set", "curriculum.sizes=[0.67, 0.75, 1.0]", "--set", "model.arch=resnet_demo",
               "--set", "data.loader.num_workers=1"]
 

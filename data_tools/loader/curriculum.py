@@ -9,11 +9,23 @@ over the same budget. Both are functions of the budget fraction spent::
 
     curriculum:
       name: efficienttrain
-      starts: [0.0, 0.25, 0.5]   # each stage begins at this fraction of schedule.steps
+      starts: [0.0, 0.25, 0.5]   # each stage begins at this fraction of the budget
       sizes: [0.6, 0.8, 1.0]     # its band B as a fraction of the crop (the last stage: 1.0, full size)
       magnitude: [0, 9]          # RandAugment magnitude at fraction 0 and at fraction 1 (linear, rounded)
       num_ops: 2                 # RandAugment operations per image (0: no RandAugment)
       method: fft                # fft: the paper's crop (exact); resize: its Lanczos approximation
+      budget: compute            # fractions of the compute spent (the paper) or of the steps
+
+The budget is ``schedule.steps`` optimizer steps either way. With ``budget:
+compute`` (the paper's accounting) a step at band B costs (B / crop)^2 of a
+full-size step, and each stage gets its share of the run's compute, not of
+its steps: starts [0, 0.35, 0.7] at 32 / 40 / 56 px of a 56 px crop give the
+three stages 52% / 33% / 15% of the steps, and the run costs 0.49 of the
+same steps at full size (:meth:`CurriculumSchedule.compute_share`). The
+magnitude ramps with the compute fraction too. EfficientTrain++'s released
+recipes do the same: each of their 10 segments spends equal compute, so the
+low-resolution segments run (224 / B)^2 times the epochs. ``budget: steps``
+puts the boundaries at fractions of the steps instead.
 
 Exact resume: the stage and magnitude of a batch are a pure function of its
 optimizer step, and the step of this rank's batch k is ``k // batches_per_step``
@@ -50,6 +62,7 @@ class CurriculumConfig:
     magnitude: list[int] = field(default_factory=lambda: [0, 9])
     num_ops: int = 2
     method: Literal["fft", "resize"] = "fft"
+    budget: Literal["compute", "steps"] = "compute"
 
     @property
     def enabled(self) -> bool:
@@ -91,16 +104,43 @@ class CurriculumSchedule:
     steps: int                # the budget: schedule.steps (resolved for "same epochs")
     batches_per_step: int     # this rank's micro-batches per optimizer step
 
+    def _costs(self) -> list[float]:
+        """Each stage's cost of one step relative to a full-size step: (B / crop)^2, or 1 each
+        with ``budget: steps``."""
+        if self.config.budget == "steps":
+            return [1.0] * len(self.config.sizes)
+        return [(band / self.crop) ** 2 for band in self.config.bands(self.crop)]
+
+    def _step_starts(self) -> list[float]:
+        """Where each stage starts, as a fraction of the steps (unrounded)."""
+        shares = np.diff([*self.config.starts, 1.0]) / np.asarray(self._costs())  # steps per stage, relative
+        return [0.0, *np.cumsum(shares / shares.sum())[:-1].tolist()]
+
     def boundaries(self) -> list[int]:
         """The first optimizer step of each stage."""
-        return [round(start * self.steps) for start in self.config.starts]
+        return [round(start * self.steps) for start in self._step_starts()]
+
+    def compute_share(self) -> float:
+        """The run's compute over the same steps at full size (``budget: compute``'s accounting,
+        (B / crop)^2 per step, whatever ``budget`` places the stages by)."""
+        starts = [*self.boundaries(), self.steps]
+        costs = [(band / self.crop) ** 2 for band in self.config.bands(self.crop)]
+        return sum((b - a) * c for a, b, c in zip(starts, starts[1:], costs)) / max(1, self.steps)
+
+    def fraction(self, step: int) -> float:
+        """The share of the budget (compute or steps, as ``budget`` says) spent before ``step``."""
+        bounds, costs = self.boundaries(), self._costs()
+        ends = [*bounds[1:], self.steps]
+        spent = sum(c * max(0, min(step, end) - start) for start, end, c in zip(bounds, ends, costs))
+        total = sum(c * (end - start) for start, end, c in zip(bounds, ends, costs))
+        return min(1.0, max(0.0, spent / total)) if total else 1.0
 
     def at_step(self, step: int) -> StageSetting:
         """The setting of optimizer step ``step`` (0-based); steps past the budget stay in the last stage."""
         stage = bisect.bisect_right(self.boundaries(), step) - 1
         low, high = self.config.magnitude
-        fraction = min(1.0, max(0.0, step / self.steps))
-        return StageSetting(stage, self.config.bands(self.crop)[stage], int(round(low + (high - low) * fraction)))
+        magnitude = int(round(low + (high - low) * self.fraction(step)))
+        return StageSetting(stage, self.config.bands(self.crop)[stage], magnitude)
 
     def at_batch(self, batch: int) -> StageSetting:
         """The setting of this rank's ``batch``-th micro-batch since the start of training."""

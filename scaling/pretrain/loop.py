@@ -318,10 +318,14 @@ def _train(run: RunContext, progress: bool) -> dict:
     position = resumed.position if resumed else ckpt.DataPosition()
     run.notes["skipped_checkpoints"] = resumed.skipped if resumed else {}
     _truncate_logs(run, position.step)
+    curriculum = curriculum_schedule(cfg, run.ds_config)
+    if curriculum is not None and run.rank == 0:
+        log.info("curriculum %s: stages of %s px start at steps %s (by %s); compute %.2f of the same steps "
+                 "at full size", cfg.curriculum.name, curriculum.config.bands(curriculum.crop),
+                 curriculum.boundaries(), cfg.curriculum.budget, curriculum.compute_share())
     loader = make_train_loader(run.train_set, loader_config(cfg), num_classes=len(run.vocab),
                                epoch=position.epoch, samples_seen=position.samples_seen,
-                               rank=run.rank, world_size=run.world_size,
-                               curriculum=curriculum_schedule(cfg, run.ds_config))
+                               rank=run.rank, world_size=run.world_size, curriculum=curriculum)
     bar = tqdm(total=cfg.schedule.steps, initial=position.step, desc=f"pretrain {run.train_set.name}",
                disable=not progress or run.rank != 0, unit="step")
     last_tag, result, window = (resumed.tag if resumed else None), {}, _Window()
