@@ -49,6 +49,8 @@ def compare_values(folders: Sequence[str | Path], names: Sequence[str] | None = 
 
     if names is not None and len(names) != len(folders):
         raise DataError(f"{len(names)} names for {len(folders)} studies: give one name per study")
+    if names is not None and len(set(names)) != len(names):
+        raise DataError(f"study names repeat in {list(names)}: give each study its own name")
     frames = []
     for i, folder in enumerate(folders):
         results_dir = results_folder(folder)
@@ -57,7 +59,11 @@ def compare_values(folders: Sequence[str | Path], names: Sequence[str] | None = 
         if values.empty:
             raise DataError(f"{results_dir}: no pretrained runs on the {test_set!r} test set to compare")
         study = names[i] if names is not None else _study_name(Path(folder), results_dir)
-        frames.append(values.assign(study=study))
+        frames.append(values.assign(study=study, test_set=test_set))
+    studies = [frame["study"].iloc[0] for frame in frames]
+    if len(set(studies)) != len(studies):
+        raise DataError(f"two studies are both named {max(studies, key=studies.count)!r} (their folders' "
+                        "names): pass --names to tell them apart")
     return pd.concat(frames, ignore_index=True)
 
 
@@ -106,17 +112,23 @@ def summary_table(values: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     rows = []
     for (task, mode), group in values.groupby(["task", "mode"], sort=True):
         n = len(group)
+        fitted = int(group["slope"].notna().sum())
         mean, low, high = t_interval(group["slope"].tolist(), level)
         ran_random = group["beats_random"].notna()
+        if fitted == 0:
+            mean_text = "not fitted"
+        elif fitted == 1:
+            mean_text = f"{mean:+.3f} (one study)"
+        else:
+            mean_text = slope_text(mean, low, high) + ("" if fitted == n else f" ({fitted} of {n} fitted)")
         rows.append({
             "task": task, "mode": mode, "studies": n,
-            "largest beats random": f"{int(group['beats_random'].fillna(False).astype(bool).sum())}/"
-                                    f"{int(ran_random.sum())}",
+            "largest beats random": (f"{int(group['beats_random'].fillna(False).astype(bool).sum())}/"
+                                     f"{int(ran_random.sum())}") if ran_random.any() else "no random init",
             "slope interval above 0": f"{int((group['slope_low'] > 0).sum())}/{n}",
             "largest converged": _converged_count(group["converged"]),
             "largest, range over studies": f"{group['largest'].min():.3f}-{group['largest'].max():.3f}",
-            f"mean slope per 10x [{int(round(100 * level))}% CI over studies]":
-                slope_text(mean, low, high) if n > 1 else f"{mean:+.3f} (one study)",
+            f"mean slope per 10x [{int(round(100 * level))}% CI over studies]": mean_text,
         })
     return pd.DataFrame(rows)
 
@@ -133,6 +145,7 @@ def compare_markdown(values: pd.DataFrame) -> str:
     from analysis.report import markdown_table
 
     studies = ", ".join(dict.fromkeys(values["study"].astype(str)))
+    test_set = values["test_set"].iloc[0] if "test_set" in values else "original"
     return "\n".join([
         f"# Studies compared: {studies}\n",
         "## Across studies\n",
@@ -140,7 +153,7 @@ def compare_markdown(values: pd.DataFrame) -> str:
         "studies' slopes, so it counts study-to-study variance (one slope per study).\n",
         markdown_table(summary_table(values)),
         "## Per study\n",
-        "Each study's headline on the original test set (its report.md), the largest subset's "
-        "mean against random init.\n",
+        f"Each study's headline on the {test_set!r} test set (its report.md), the "
+        "largest subset's mean against random init.\n",
         markdown_table(per_study_table(values)),
     ]).rstrip("\n") + "\n"

@@ -93,7 +93,8 @@ def headline_values(results: pd.DataFrame, fits: pd.DataFrame, test_set: str = "
     and largest size (``smallest``/``largest``, at ``smallest_images``/``largest_images``),
     random init's mean (``random``, NaN when not run), the log-linear slope per 10x with its
     interval (``slope``, ``slope_low``, ``slope_high`` at ``ci_level``), the ``verdict``,
-    ``beats_random`` and ``converged`` (the fit's ``largest_converged``, None when unknown)."""
+    ``beats_random`` (None without random init) and ``converged`` (the fit's
+    ``largest_converged``: None or NaN when unknown)."""
     metrics = main_metrics(results)
     rows = []
     main = main_setting(results[(results["test_set"] == test_set)
@@ -103,7 +104,7 @@ def headline_values(results: pd.DataFrame, fits: pd.DataFrame, test_set: str = "
         if sized.empty:
             continue
         means = sized.groupby("subset_images")["value"].mean()
-        random = group[group["subset_images"].isna() & (group["init"] == "random")]["value"]
+        random = group[group["subset_images"].isna() & (group["init"] == "random")]["value"].dropna()
         fit = _chosen_fit(fits, task, metrics[str(task)], mode, test_set) or {}
         low, high = fit.get("slope_per_10x_low", math.nan), fit.get("slope_per_10x_high", math.nan)
         rows.append({

@@ -86,6 +86,7 @@ def test_resize_fast_path_is_within_its_measured_tolerance(photo, side, band):
     ({"starts": [0.1, 0.5, 0.7]}, "starts"), ({"starts": [0.0, 0.5, 0.5], "sizes": [0.5, 0.7, 1.0]}, "starts"),
     ({"sizes": [0.6, 0.8, 0.9]}, "sizes"), ({"sizes": [0.8, 0.6, 1.0]}, "sizes"),
     ({"sizes": [0.6, 1.0]}, "sizes"), ({"magnitude": [0, 31]}, "magnitude"), ({"num_ops": -1}, "num_ops"),
+    ({"budget": "flops"}, "budget"),
 ])
 def test_bad_schedules_name_their_key(change, key):
     with pytest.raises(ConfigError, match=f"^{key}:"):
@@ -102,6 +103,18 @@ def test_stage_is_a_pure_function_of_the_step_and_one_step_has_one_size():
     assert stages[0].magnitude == 0 and stages[6].magnitude == round(9 * 6 / 12) and stages[11].magnitude == 8
     assert schedule.at_step(40).band == 48  # past the budget: the last stage
     assert [schedule.at_batch(k).band for k in range(8, 10)] == [36, 36]  # step 4's two micro-batches
+
+
+def test_step_budget_places_stages_at_exactly_the_configured_fractions_of_the_steps():
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        inner = np.sort(rng.choice(np.arange(1, 20) / 20, size=int(rng.integers(1, 4)), replace=False))
+        starts, steps = [0.0, *inner.tolist()], int(rng.integers(1, 41))
+        sizes = [*np.linspace(0.5, 1.0, len(starts)).tolist()]
+        schedule = CurriculumSchedule(CurriculumConfig(name="efficienttrain", starts=starts, sizes=sizes,
+                                                       budget="steps"), crop=32, steps=steps, batches_per_step=1)
+        assert schedule.boundaries() == [round(start * steps) for start in starts], (starts, steps)
+        assert [schedule.fraction(s) for s in (0, steps // 2, steps)] == [0.0, (steps // 2) / steps, 1.0]
 
 
 def test_compute_budget_gives_each_stage_its_share_of_the_compute_not_of_the_steps():

@@ -120,3 +120,20 @@ def test_headline_verdicts_follow_the_intervals_and_the_floor(results_dir):
     assert detection["finetune"] == "0.100" and detection["frozen"] == "not run"  # one random-init run
     assert verdict(-0.01, 0.02, 0.3, 1.0) == "flat" and verdict(-0.03, -0.01, 0.3, 1.0) == "falls"
     assert verdict(0.001, 0.002, 0.01, 1.0) == "at floor"
+
+
+def test_a_mode_whose_largest_subset_loses_to_random_init_gets_its_caveat_when_another_mode_ran_none(tmp_path):
+    """Random init in one mode only: the other mode's "beats random" is unknown, not False, and the
+    losing mode's caveat is still written (a numpy bool beside None once hid it)."""
+    from analysis.headline import caveats, headline_table
+    rows = [{"task": "detection", "metric": "AP", "test_set": "original", "mode": mode, "init": "pretrained",
+             "subset_images": n, "value": 0.1 + 0.01 * i, "arch": "resnet50"}
+            for mode in ("frozen", "finetune") for i, n in enumerate((1e5, 1e6, 1e7))]
+    rows.append({"task": "detection", "metric": "AP", "test_set": "original", "mode": "frozen", "init": "random",
+                 "subset_images": None, "value": 0.9, "arch": "resnet50"})
+    table = headline_table(pd.DataFrame(rows), pd.DataFrame())
+    by_mode = table.set_index("mode")
+    assert by_mode.loc["frozen", "_beats_random"] is False and by_mode.loc["finetune", "_beats_random"] is None
+    notes = caveats(table, pd.DataFrame(), pd.DataFrame(rows))
+    assert any("detection (frozen)" in n and "does not beat random init" in n for n in notes)
+    assert not any("detection (finetune)" in n and "random init" in n for n in notes)

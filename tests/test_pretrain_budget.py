@@ -30,6 +30,18 @@ def test_a_still_rising_run_is_not_converged_and_a_plateau_is():
     assert training_budget(_cfg(), 240, [(800, 0.1)])["converged"] is None
 
 
+def test_with_a_curriculum_the_slope_is_taken_inside_its_full_size_stage():
+    # Compute placement at 4,000 steps: the 56 px stage starts at step 3,417, inside the last quarter.
+    # The jump at the switch (3,000 at 40 px -> 3,500 at 56 px) must not read as "still rising".
+    cfg = _cfg(steps=4000)
+    cfg.curriculum.name, cfg.curriculum.starts, cfg.curriculum.sizes = "efficienttrain", [0.0, 0.35, 0.7], [0.58, 0.72, 1.0]
+    cfg.data.loader.image_size = 56
+    evals = [(1000, 0.05), (2000, 0.10), (3000, 0.12), (3500, 0.20), (4000, 0.201)]
+    assert training_budget(cfg, 7200, evals)["converged"] is True
+    cfg.curriculum.name = "none"            # the same numbers without a curriculum: rising
+    assert training_budget(cfg, 7200, evals)["converged"] is False
+
+
 def _rows(converged_at_largest: bool):
     rows = []
     for images in (100, 300, 1000, 3000):

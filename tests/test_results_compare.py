@@ -49,7 +49,7 @@ def test_per_study_values_recover_each_worlds_slope_and_random_init(studies):
         assert abs(row["slope"] - truth) < 0.006, row.to_dict()  # ~4 standard errors
         assert 0 < row["slope_low"] < row["slope"] < row["slope_high"] and row["verdict"] == "grows"
     frozen_c = values[(values["study"] == "world-c") & (values["mode"] == "frozen")].iloc[0]
-    assert frozen_c["beats_random"] is False or not frozen_c["beats_random"]
+    assert frozen_c["beats_random"] is not None and not frozen_c["beats_random"]
     assert math.isclose(frozen_c["random"], 0.40)
 
 
@@ -96,8 +96,27 @@ def test_convergence_counts_only_runs_known_to_have_converged():
     assert row["largest beats random"] == "2/2"       # study c ran no random init
 
 
+def test_unfitted_slopes_and_missing_random_init_are_named_not_counted():
+    values = pd.DataFrame({
+        "task": ["pose"] * 3, "mode": ["frozen"] * 3, "study": ["a", "b", "c"], "largest": [0.2, 0.21, 0.19],
+        "slope": [0.04, math.nan, 0.05], "slope_low": [0.01, math.nan, 0.02], "slope_high": [0.07, math.nan, 0.08],
+        "beats_random": [None, None, None], "converged": [None, None, None]})
+    row = summary_table(values).iloc[0]
+    assert row["largest beats random"] == "no random init"
+    assert row["mean slope per 10x [95% CI over studies]"].endswith("(2 of 3 fitted)")
+    assert "nan" not in row["mean slope per 10x [95% CI over studies]"]
+    one = summary_table(values.assign(slope=[0.04, math.nan, math.nan])).iloc[0]
+    assert one["mean slope per 10x [95% CI over studies]"] == "+0.040 (one study)"
+    none = summary_table(values.assign(slope=[math.nan] * 3)).iloc[0]
+    assert none["mean slope per 10x [95% CI over studies]"] == "not fitted"
+
+
 def test_bad_folders_and_names_are_clear_errors(studies, tmp_path):
     with pytest.raises(DataError, match="no results.parquet"):
         compare_values([tmp_path])
     with pytest.raises(DataError, match="2 names for 3 studies"):
         compare_values(studies, names=["a", "b"])
+    with pytest.raises(DataError, match="names repeat"):
+        compare_values(studies, names=["a", "b", "a"])
+    with pytest.raises(DataError, match="both named 'world-a'"):
+        compare_values([studies[0], studies[0] / "results"])

@@ -81,6 +81,7 @@ class CurriculumConfig:
         require(len(self.magnitude) == 2 and all(0 <= m <= MAX_MAGNITUDE for m in self.magnitude),
                 "magnitude", f"is [start, end], each 0..{MAX_MAGNITUDE}, got {self.magnitude}")
         require(self.num_ops >= 0, "num_ops", f"must be 0 or more, got {self.num_ops}")
+        require(self.budget in ("compute", "steps"), "budget", f"is compute or steps, got {self.budget!r}")
 
     def bands(self, crop: int) -> list[int]:
         """The side in pixels of each stage's images for a ``crop`` px full size."""
@@ -113,6 +114,8 @@ class CurriculumSchedule:
 
     def _step_starts(self) -> list[float]:
         """Where each stage starts, as a fraction of the steps (unrounded)."""
+        if self.config.budget == "steps":  # exactly the configured fractions (no re-summing rounding)
+            return [float(start) for start in self.config.starts]
         shares = np.diff([*self.config.starts, 1.0]) / np.asarray(self._costs())  # steps per stage, relative
         return [0.0, *np.cumsum(shares / shares.sum())[:-1].tolist()]
 

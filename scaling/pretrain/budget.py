@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_tools.loader.curriculum import CurriculumSchedule
 from scaling.pretrain.config import PretrainConfig
 
 
@@ -29,12 +30,16 @@ def training_budget(cfg: PretrainConfig, subset_images: int, evals: list[tuple[i
     """What the schedule bought this subset: passes over it, and whether mAP@k had stopped rising.
 
     The slope is a least-squares line through the evaluations of the last quarter
-    of training (at least the last two); ``map_gain`` is what 25% more steps at
+    of training, and with a curriculum of its full-size stage (at least the last two); ``map_gain`` is what 25% more steps at
     that rate would add. ``converged`` is None with fewer than two evaluations.
     """
     steps = cfg.schedule.steps
     passes = steps * cfg.schedule.global_batch / max(1, subset_images)
-    tail = [e for e in evals if e[0] >= 0.75 * steps]
+    start = 0.75 * steps
+    if cfg.curriculum.enabled:  # the jump at the switch to full size is not "still rising"
+        start = max(start, CurriculumSchedule(cfg.curriculum, crop=cfg.data.loader.crop_size, steps=steps,
+                                              batches_per_step=1).boundaries()[-1])
+    tail = [e for e in evals if e[0] >= start]
     tail = tail if len(tail) >= 2 else evals[-2:]
     if len(tail) < 2:
         return {"passes": round(passes, 3), "map_slope_per_1k_steps": None, "map_gain": None, "converged": None}
