@@ -7,7 +7,8 @@ world's luck. Run the same study on several world seeds, then::
         --names "world 0,world 1,world 2" --out docs/findings-worlds.md
 
 Each folder is a study folder (holding ``results/``) or a results folder
-(holding ``results.parquet`` and the fit files). Two tables come out:
+(holding ``results.parquet`` and ``fits.csv``, all a kept copy needs, e.g.
+``docs/measured/findings-world1``). Two tables come out:
 
 - per study: each (task, mode)'s main metric at the largest subset against random
   init, the slope per 10x with its interval, the verdict and whether the largest
@@ -44,7 +45,6 @@ def results_folder(path: str | Path) -> Path:
 def compare_values(folders: Sequence[str | Path], names: Sequence[str] | None = None,
                    test_set: str = "original") -> pd.DataFrame:
     """headline_values of every study, with a ``study`` column (``names`` or the folder names)."""
-    from analysis.fit import read_fits
     from analysis.results import read_results
 
     if names is not None and len(names) != len(folders):
@@ -54,8 +54,7 @@ def compare_values(folders: Sequence[str | Path], names: Sequence[str] | None = 
     frames = []
     for i, folder in enumerate(folders):
         results_dir = results_folder(folder)
-        values = headline_values(read_results(results_dir / "results.parquet"), read_fits(results_dir).fits,
-                                 test_set)
+        values = headline_values(read_results(results_dir / "results.parquet"), _fits(results_dir), test_set)
         if values.empty:
             raise DataError(f"{results_dir}: no pretrained runs on the {test_set!r} test set to compare")
         study = names[i] if names is not None else _study_name(Path(folder), results_dir)
@@ -65,6 +64,18 @@ def compare_values(folders: Sequence[str | Path], names: Sequence[str] | None = 
         raise DataError(f"two studies are both named {max(studies, key=studies.count)!r} (their folders' "
                         "names): pass --names to tell them apart")
     return pd.concat(frames, ignore_index=True)
+
+
+def _fits(results_dir: Path) -> pd.DataFrame:
+    """fits.csv alone (the headline needs no curve files, so a kept copy of a study's results can be
+    just results.parquet and fits.csv)."""
+    path = results_dir / "fits.csv"
+    if not path.is_file():
+        raise DataError(f"{path} not found: run `datascale fit --results {results_dir / 'results.parquet'}` first")
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:  # a study with nothing fitted
+        return pd.DataFrame()
 
 
 def _study_name(folder: Path, results_dir: Path) -> str:
