@@ -134,6 +134,7 @@ def test_compute_budget_gives_each_stage_its_share_of_the_compute_not_of_the_ste
     spent = [(b - a) * (band / 56) ** 2 for a, b, band in zip(bounds, bounds[1:], (32, 40, 56))]
     assert np.allclose(np.array(spent) / sum(spent), [0.35, 0.35, 0.30], atol=1e-3)
     assert 0.45 < demo.compute_share() < 0.52
+    assert "[32, 40, 56] px start at steps [0, 2083, 3417] (by compute); compute 0.49" in demo.describe()
 
 
 def test_augment_is_seeded_by_the_sample_rng_and_leaves_torch_rng_alone(photo):

@@ -130,6 +130,12 @@ class CurriculumSchedule:
         costs = [(band / self.crop) ** 2 for band in self.config.bands(self.crop)]
         return sum((b - a) * c for a, b, c in zip(starts, starts[1:], costs)) / max(1, self.steps)
 
+    def describe(self) -> str:
+        """One line for the run's log: the stages, where they start, and the compute they cost."""
+        return (f"{self.config.name}: stages of {self.config.bands(self.crop)} px start at steps "
+                f"{self.boundaries()} (by {self.config.budget}); compute {self.compute_share():.2f} of "
+                "the same steps at full size")
+
     def fraction(self, step: int) -> float:
         """The share of the budget (compute or steps, as ``budget`` says) spent before ``step``."""
         bounds, costs = self.boundaries(), self._costs()

@@ -320,9 +320,7 @@ def _train(run: RunContext, progress: bool) -> dict:
     _truncate_logs(run, position.step)
     curriculum = curriculum_schedule(cfg, run.ds_config)
     if curriculum is not None and run.rank == 0:
-        log.info("curriculum %s: stages of %s px start at steps %s (by %s); compute %.2f of the same steps "
-                 "at full size", cfg.curriculum.name, curriculum.config.bands(curriculum.crop),
-                 curriculum.boundaries(), cfg.curriculum.budget, curriculum.compute_share())
+        log.info("curriculum %s", curriculum.describe())
     loader = make_train_loader(run.train_set, loader_config(cfg), num_classes=len(run.vocab),
                                epoch=position.epoch, samples_seen=position.samples_seen,
                                rank=run.rank, world_size=run.world_size, curriculum=curriculum)
