@@ -235,6 +235,33 @@ def test_resume_is_exact_inside_a_stage_and_at_a_boundary(shards, workers):
             assert a.keys == b.keys and torch.equal(a.images, b.images), f"cut {cut}"
 
 
+def test_resume_is_exact_with_stages_placed_by_compute(shards):
+    # The default placement: 8 / 12 / 16 px cost 1/4, 9/16 and 1 of a step, so the stages start at
+    # steps 0, 7 and 9 of 10 (batches 0, 14 and 18 at 2 micro-batches a step).
+    config = CurriculumConfig(name="efficienttrain", starts=[0.0, 0.4, 0.7], sizes=[0.5, 0.75, 1.0])
+    schedule = CurriculumSchedule(config, crop=16, steps=10, batches_per_step=2)
+    assert schedule.boundaries() == [0, 7, 9]
+
+    def run(count, epoch=0, samples_seen=0):
+        loader = make_train_loader(shards, _cfg(2), num_classes=7, epoch=epoch, samples_seen=samples_seen,
+                                   curriculum=schedule)
+        out = []
+        while len(out) < count:
+            for batch in loader:
+                out.append((dict(loader.state_dict()), batch))
+                if len(out) == count:
+                    break
+        return out
+
+    reference = run(20)
+    assert [b.images.shape[-1] for _, b in reference] == [8] * 14 + [12] * 4 + [16] * 2
+    for cut in (13, 15):  # resume at the first batch of stage 1, and inside it
+        state = reference[cut][0]
+        resumed = run(19 - cut, epoch=state["epoch"], samples_seen=state["samples_seen"])
+        for (_, a), (_, b) in zip(resumed, reference[cut + 1:]):
+            assert a.keys == b.keys and torch.equal(a.images, b.images), f"cut {cut}"
+
+
 def test_without_a_curriculum_batches_are_unchanged(shards):
     plain = make_train_loader(shards, _cfg(0), num_classes=7)
     first = next(iter(plain))

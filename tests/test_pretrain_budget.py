@@ -40,6 +40,8 @@ def test_with_a_curriculum_the_slope_is_taken_inside_its_full_size_stage():
     assert training_budget(cfg, 7200, evals)["converged"] is True
     cfg.curriculum.name = "none"            # the same numbers without a curriculum: rising
     assert training_budget(cfg, 7200, evals)["converged"] is False
+    cfg.curriculum.name = "efficienttrain"  # one evaluation in the full-size stage: unknown, not a guess
+    assert training_budget(cfg, 7200, [(3000, 0.12), (4000, 0.201)])["converged"] is None
 
 
 def _rows(converged_at_largest: bool):

@@ -30,17 +30,19 @@ def training_budget(cfg: PretrainConfig, subset_images: int, evals: list[tuple[i
     """What the schedule bought this subset: passes over it, and whether mAP@k had stopped rising.
 
     The slope is a least-squares line through the evaluations of the last quarter
-    of training, and with a curriculum of its full-size stage (at least the last two); ``map_gain`` is what 25% more steps at
+    of training (at least the last two); ``map_gain`` is what 25% more steps at
     that rate would add. ``converged`` is None with fewer than two evaluations.
+    With a curriculum only its full-size stage counts (the jump at the switch to
+    full size is not "still rising"), and fewer than two evaluations in it give None.
     """
     steps = cfg.schedule.steps
     passes = steps * cfg.schedule.global_batch / max(1, subset_images)
-    start = 0.75 * steps
-    if cfg.curriculum.enabled:  # the jump at the switch to full size is not "still rising"
-        start = max(start, CurriculumSchedule(cfg.curriculum, crop=cfg.data.loader.crop_size, steps=steps,
-                                              batches_per_step=1).boundaries()[-1])
-    tail = [e for e in evals if e[0] >= start]
+    tail = [e for e in evals if e[0] >= 0.75 * steps]
     tail = tail if len(tail) >= 2 else evals[-2:]
+    if cfg.curriculum.enabled:
+        full_size = CurriculumSchedule(cfg.curriculum, crop=cfg.data.loader.crop_size, steps=steps,
+                                       batches_per_step=1).boundaries()[-1]
+        tail = [e for e in tail if e[0] > full_size]  # an evaluation at step s follows s optimizer steps
     if len(tail) < 2:
         return {"passes": round(passes, 3), "map_slope_per_1k_steps": None, "map_gain": None, "converged": None}
     x, y = (np.asarray(v, dtype=float) for v in zip(*tail))
