@@ -33,6 +33,9 @@ import sys
 from typing import Mapping, Sequence
 
 _PR_SET_PDEATHSIG = 1
+# Threads per process for a child that shares the machine with others (``datascale study
+# --jobs N``); the fine-tuning stages default to it (scaling.finetune.loop.choose_threads).
+THREADS_ENV = "DATASCALE_THREADS"
 
 
 def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
@@ -54,6 +57,13 @@ def guarded(cmd: Sequence[str]) -> list[str]:
 def run(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     """Run ``cmd`` to the end as a guarded child; returns its exit code."""
     return subprocess.run(guarded(list(cmd)), env=None if env is None else dict(env)).returncode
+
+
+def start(cmd: Sequence[str], env: Mapping[str, str] | None = None, output=None) -> subprocess.Popen:
+    """Start ``cmd`` as a guarded child and return at once; ``output``: a file for its
+    stdout and stderr together (default: this process's)."""
+    return subprocess.Popen(guarded(list(cmd)), env=None if env is None else dict(env),
+                            stdout=output, stderr=None if output is None else subprocess.STDOUT)
 
 
 def _trampoline(argv: list[str]) -> None:

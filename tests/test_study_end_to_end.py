@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -144,3 +145,28 @@ def test_the_paper_study_config_is_valid(capsys):
 def test_bad_study_configs_name_the_key(capsys, override, message):
     assert cli.main(["study", "studies/tiny", "--set", override, "--dry-run"]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_runs_at_a_time_killed_and_resumed_give_the_one_at_a_time_results(finished, tmp_path):
+    """--jobs 2: kill -9 mid fine-tuning with two runs in flight, resume, compare with the
+    reference run one at a time (one thread per run instead of two moves only the last digits)."""
+    reference, _ = finished
+    out = tmp_path / "jobs2"
+    proc = _study(out, "--jobs", "2", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                  start_new_session=True)
+    probe = out / "runs" / "finetune" / "detection" / "frozen" / "0.3-seed0" / "complete.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and not probe.exists():
+        time.sleep(0.1)
+    assert proc.poll() is None, "the study finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    again = _study(out, "--jobs", "2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    ours, theirs = _values(out), _values(reference)
+    pd.testing.assert_frame_equal(ours.drop(columns="value"), theirs.drop(columns="value"))
+    assert (ours["value"] - theirs["value"]).abs().max() < 1e-3
+    done = out / "runs" / "finetune" / "pose" / "finetune" / "1-seed0" / "complete.json"
+    assert json.loads(done.read_text())["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
+    assert (out / "logs" / "finetune" / "pose-finetune-1-seed-0.log").is_file()

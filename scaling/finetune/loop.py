@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from datascale import procs
 from datascale.atomic import atomic_path, write_json
 from datascale.errors import DatascaleError, DataError
 from datascale.lineage import config_record, mark_complete, prepare_output_dir, sha256_file
@@ -131,9 +132,16 @@ def choose_threads(requested: int, ranks_here: int = 1) -> int:
     they wait for each other, and two threads fighting other processes for
     two cores ran a step up to 8x slower than one thread
     (benchmarks/bench_finetune.py).
+
+    ``datascale study --jobs N`` runs N commands at once and gives each its
+    share of the cores in ``DATASCALE_THREADS`` (threads per process), which
+    the default then is.
     """
     if requested:
         return requested
+    shared = os.environ.get(procs.THREADS_ENV, "")
+    if shared.isdigit() and int(shared) >= 1:
+        return int(shared)
     return max(1, len(os.sched_getaffinity(0)) // ranks_here)
 
 
@@ -421,7 +429,8 @@ def run_finetune(cfg: FinetuneConfig, out_dir: str | Path, *, force: bool = Fals
         if world.main:
             write_json(out_dir / METRICS_FILE, result)
             mark_complete(out_dir, {"seconds": round(time.perf_counter() - started, 2), "skipped": skipped,
-                                    "primary_metric": task.primary_metric, "world_size": world.size})
+                                    "primary_metric": task.primary_metric, "world_size": world.size,
+                                    "threads": threads})
         return world.share(result)  # the other ranks waited here while rank 0 evaluated
     finally:
         torch.set_num_threads(previous_threads)

@@ -10,7 +10,8 @@ from datascale.cli import subcommand
 from datascale.config import load_config
 from scaling.study.config import StudyConfig
 from scaling.study import plan as plan_module
-from scaling.study.plan import build_plan, print_plan, print_summary, run_plan, write_study_section
+from scaling.study.plan import build_plan, print_plan, print_summary, write_study_section
+from scaling.study.runner import run_plan
 
 
 def register_cli(subparsers) -> None:
@@ -21,11 +22,15 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one study config value, e.g. --set out=/tmp/study")
     parser.add_argument("--dry-run", action="store_true", help="print every command, run nothing")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="run up to N pretraining / fine-tuning runs at once, each with cores // N "
+                             "threads (default: the config's jobs, 1); logs in STUDY/logs/")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _main(args: argparse.Namespace) -> int:
-    cfg = load_config(StudyConfig, args.config, args.overrides)
+    overrides = [*args.overrides, *([f"jobs={args.jobs}"] if args.jobs is not None else [])]
+    cfg = load_config(StudyConfig, args.config, overrides)
     plan = build_plan(cfg)
     if args.dry_run:
         print_plan(plan, cfg)
@@ -38,7 +43,7 @@ def _main(args: argparse.Namespace) -> int:
     # One study per folder at a time; each stage also locks its own output folder.
     with lock.hold(plan.root, lock.command_line()):
         try:
-            run_plan(plan, progress=not args.no_progress)
+            run_plan(plan, progress=not args.no_progress, jobs=cfg.jobs)
         finally:
             if any(s.status != "pending" for s in plan.steps):
                 print_summary(plan)

@@ -147,6 +147,9 @@ class StudyConfig:
     analysis: AnalysisSection = field(default_factory=AnalysisSection)
     launcher: Literal["local", "deepspeed"] = "local"
     hostfile: str = ""
+    # Runs of a stage at once on this machine (datascale study --jobs), each with cores // jobs
+    # threads (scaling.study.runner); 1: one at a time with every core.
+    jobs: int = 1
 
     def validate(self) -> None:
         for task in self.tasks:
@@ -160,3 +163,8 @@ class StudyConfig:
                         "must name the task's dataset folder when there is no synthetic world")
         require(self.launcher == "local" or bool(self.hostfile), "hostfile",
                 "launcher: deepspeed needs a hostfile")
+        require(self.jobs >= 1, "jobs", "must be >= 1")
+        require(self.jobs == 1 or (self.launcher == "local" and self.pretrain.nproc == 1
+                                   and self.finetune.nproc == 1), "jobs",
+                "runs several single-process commands at once on this machine; with the DeepSpeed "
+                "launcher or nproc > 1 each command already spreads over its ranks: set jobs: 1")

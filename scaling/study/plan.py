@@ -23,11 +23,9 @@ import json
 import logging
 import shlex
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datascale import procs
 from datascale.config import load_config
 from datascale.errors import DatascaleError
 from data_tools.dedup.schema import DedupConfig
@@ -81,6 +79,7 @@ class Step:
     subprocess: bool = False       # runs in its own process (DeepSpeed's process group)
     marker: str = COMPLETE_FILE    # its completion marker in ``out`` (analysis steps share results/)
     units: float = 1.0             # its size against the estimate's unit (pretraining: steps / 800)
+    needs: list[Path] = field(default_factory=list)  # outputs of steps of its stage it reads
     status: str = "pending"
     seconds: float = 0.0
 
@@ -164,9 +163,11 @@ def build_plan(cfg) -> Plan:
             argv += ["--nproc", str(cfg.pretrain.nproc)]
         steps = next((int(v.split("=", 1)[1]) for v in reversed(point_sets(point, base, defaults_by_size))
                       if v.startswith("schedule.steps=")), base.schedule.steps)
+        needs = ([defaults_by_size[point.init_from.split(":", 1)[1]]]
+                 if point.init_from.startswith("study:") else [])
         plan.add("pretrain", f"pretrain {point.name(default)}", argv, run,
                  distributed=cfg.launcher == "deepspeed", subprocess=True,
-                 units=steps / _PRETRAIN_STEPS)
+                 units=steps / _PRETRAIN_STEPS, needs=needs)
         backbones[point] = run / "backbone.pt"
     cleaned = _plan_dedup(cfg, plan, root, root / "subsets" / names[-1], backbones[default])
     teachers = _plan_finetune(cfg, plan, root, {p.name(default): b for p, b in backbones.items()}, cleaned,
@@ -327,51 +328,7 @@ def _world_paragraph(root: Path) -> list[str]:
     return ["", _WHAT_DRIVES_IT.format(noise=noise)]
 
 
-# --------------------------------------------------------------------------- run
-
-
-def _run_step(step: Step) -> int:
-    """Run one command: DeepSpeed stages in their own process, the rest in this one."""
-    from datascale import cli
-
-    if step.subprocess:  # dies with the study (datascale.procs): no orphan keeps writing
-        return procs.run([sys.executable, "-m", "datascale.cli", "-q", *step.argv])
-    try:
-        return cli.main(["-q", *step.argv])
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception:  # a bug in a stage: show it, then stop the study cleanly
-        log.exception("step '%s' crashed", step.label)
-        return 1
-
-
-def run_plan(plan: Plan, progress: bool = True) -> None:
-    """Run every step in order, stopping at the first failure (re-running resumes)."""
-    from tqdm import tqdm
-
-    stages = list(dict.fromkeys(step.stage for step in plan.steps))
-    for stage in stages:
-        steps = [s for s in plan.steps if s.stage == stage]
-        bar = tqdm(steps, desc=f"{stage:9s}", unit="run", disable=not progress, leave=True)
-        for step in bar:
-            bar.set_postfix_str(step.label)
-            before = _completed_at(step)
-            start = time.time()
-            code = _run_step(step)
-            step.seconds = time.time() - start
-            if code != 0:
-                step.status = "failed"
-                raise DatascaleError(
-                    f"step '{step.label}' failed (exit {code}); fix the cause and run the study again: "
-                    f"finished steps are skipped. The command was:\n  {step.command()}")
-            # A stage that found its output complete leaves complete.json untouched.
-            after = _completed_at(step)
-            step.status = "skipped" if before is not None and before == after else "done"
-
-
-def _completed_at(step: Step) -> float | None:
-    marker = step.out / step.marker
-    return marker.stat().st_mtime_ns if marker.is_file() else None
+# --------------------------------------------------------------------------- report
 
 
 def print_plan(plan: Plan, cfg, file=None) -> None:
@@ -384,8 +341,12 @@ def print_plan(plan: Plan, cfg, file=None) -> None:
         print(f"  {stage:9s} {n:3d} run(s)", file=file)
     todo = [s for s in plan.steps if not (s.out / s.marker).is_file()]
     if cfg.world is not None:
-        estimate = sum(estimate_seconds(s) for s in todo)
-        print(f"  estimated time for the {len(todo)} commands with no finished output: "
+        from scaling.study.runner import PARALLEL_STAGES, speedup
+
+        estimate = sum(estimate_seconds(s) / (speedup(cfg.jobs) if s.stage in PARALLEL_STAGES else 1)
+                       for s in todo)
+        at_once = f", {cfg.jobs} runs at a time" if cfg.jobs > 1 else ""
+        print(f"  estimated time for the {len(todo)} commands with no finished output{at_once}: "
               f"~{max(1, round(estimate / 60))} min (rough figures measured on 2 CPU cores at demo scale; "
               "a finished output whose config changed runs again and is not counted)", file=file)
     else:

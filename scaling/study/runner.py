@@ -1,0 +1,163 @@
+"""Running a study's plan: one command at a time, or several at once (``datascale study --jobs N``).
+
+One command at a time, each stage runs in this process (the DeepSpeed stages
+in a child process), with every core. With ``--jobs N`` the independent runs
+of a stage (the pretraining runs, the fine-tuning runs, the self-training
+students) run N at a time, each in its own child process with its share of
+the cores (``DATASCALE_THREADS`` and ``OMP_NUM_THREADS`` = cores // N) and its
+output in ``STUDY/logs/``. On 2 cores, two one-thread runs at once did 1.5x
+the work of one two-thread run (docs/benchmarks.md). A run that needs another
+run of its stage (``init_from: study:SIZE``) starts after it. The first
+failure stops the study: the runs still going are stopped, finished runs are
+kept, and a rerun resumes.
+
+The thread count changes the order of floating-point reductions, so a study
+run with another ``--jobs`` computes numbers that differ in the last digits;
+each fine-tuning run records its thread count in its ``complete.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from datascale import procs
+from datascale.errors import DatascaleError
+
+log = logging.getLogger(__name__)
+
+# Stages whose runs never read each other's outputs, except through Step.needs.
+PARALLEL_STAGES = ("pretrain", "finetune", "selftrain")
+# Measured throughput of N jobs on N cores against one job with every core: 2 jobs 1.49x
+# (pretraining) and 1.58x (detection) on 2 cores, 2026-12-07 (docs/benchmarks.md).
+JOB_EFFICIENCY = 0.75
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def threads_per_job(jobs: int) -> int:
+    return max(1, cores() // jobs)
+
+
+def speedup(jobs: int) -> float:
+    """The plan's estimate of how much faster a parallel stage runs with ``jobs`` at once."""
+    return 1.0 if jobs <= 1 else max(1.0, JOB_EFFICIENCY * min(jobs, cores()))
+
+
+def completed_at(step) -> float | None:
+    marker = step.out / step.marker
+    return marker.stat().st_mtime_ns if marker.is_file() else None
+
+
+def _argv(step) -> list[str]:
+    return [sys.executable, "-m", "datascale.cli", "-q", *step.argv]
+
+
+def _run_step(step) -> int:
+    """Run one command: DeepSpeed stages in their own process, the rest in this one."""
+    from datascale import cli
+
+    if step.subprocess:  # dies with the study (datascale.procs): no orphan keeps writing
+        return procs.run(_argv(step))
+    try:
+        return cli.main(["-q", *step.argv])
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception:  # a bug in a stage: show it, then stop the study cleanly
+        log.exception("step '%s' crashed", step.label)
+        return 1
+
+
+def _failed(step, code: int, log_file: Path | None = None) -> DatascaleError:
+    step.status = "failed"
+    tail = ""
+    if log_file is not None and log_file.is_file():
+        lines = log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-25:]
+        tail = f"\nits output is in {log_file}; the last lines:\n" + "\n".join("  " + x for x in lines)
+    return DatascaleError(f"step '{step.label}' failed (exit {code}); fix the cause and run the study again: "
+                          f"finished steps are skipped. The command was:\n  {step.command()}{tail}")
+
+
+def _finish(step, before: float | None, started: float) -> None:
+    step.seconds = time.time() - started
+    # A stage that found its output complete leaves its completion marker untouched.
+    after = completed_at(step)
+    step.status = "skipped" if before is not None and before == after else "done"
+
+
+def run_plan(plan, progress: bool = True, jobs: int = 1) -> None:
+    """Run every step, stage by stage, stopping at the first failure (re-running resumes)."""
+    from tqdm import tqdm
+
+    stages = list(dict.fromkeys(step.stage for step in plan.steps))
+    for stage in stages:
+        steps = [s for s in plan.steps if s.stage == stage]
+        bar = tqdm(total=len(steps), desc=f"{stage:9s}", unit="run", disable=not progress, leave=True)
+        try:
+            if jobs > 1 and stage in PARALLEL_STAGES and len(steps) > 1:
+                _run_at_once(steps, jobs, plan.root / "logs" / stage, bar)
+                continue
+            for step in steps:
+                bar.set_postfix_str(step.label)
+                before, started = completed_at(step), time.time()
+                code = _run_step(step)
+                if code != 0:
+                    raise _failed(step, code)
+                _finish(step, before, started)
+                bar.update()
+        finally:
+            bar.close()
+
+
+def _log_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", label).strip("-") + ".log"
+
+
+def _run_at_once(steps: list, jobs: int, logs: Path, bar) -> None:
+    """Run ``steps`` up to ``jobs`` at a time, each after the steps it needs."""
+    logs.mkdir(parents=True, exist_ok=True)
+    threads = str(threads_per_job(jobs))
+    env = {**os.environ, procs.THREADS_ENV: threads, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    outs = {step.out for step in steps}
+    done: set[Path] = set()
+    pending = list(steps)
+    running: dict = {}  # Popen -> (step, marker before, start time, log file, open file)
+    try:
+        while pending or running:
+            for step in [s for s in pending if all(n in done or n not in outs for n in s.needs)]:
+                if len(running) >= jobs:
+                    break
+                pending.remove(step)
+                log_file = logs / _log_name(step.label)
+                handle = open(log_file, "w", encoding="utf-8")
+                before, started = completed_at(step), time.time()
+                running[procs.start(_argv(step), env=env, output=handle)] = (step, before, started,
+                                                                            log_file, handle)
+            if not running:  # every pending step waits on one that is not in this stage's plan
+                raise DatascaleError("steps wait on each other: " + ", ".join(s.label for s in pending))
+            time.sleep(0.2)
+            for proc in [p for p in running if p.poll() is not None]:
+                step, before, started, log_file, handle = running.pop(proc)
+                handle.close()
+                if proc.returncode != 0:
+                    raise _failed(step, proc.returncode, log_file)
+                _finish(step, before, started)
+                done.add(step.out)
+                bar.set_postfix_str(step.label)
+                bar.update()
+    finally:
+        for proc, (step, *_, handle) in running.items():  # a failure or Ctrl-C: stop the others
+            proc.terminate()
+        for proc, (step, *_, handle) in running.items():
+            try:
+                proc.wait(timeout=60)
+            except Exception:  # noqa: BLE001 - it would not stop: kill it
+                proc.kill()
+                proc.wait()
+            handle.close()
