@@ -1,6 +1,6 @@
 """The whole scaling study from one config as a plan of commands, run resumably (``datascale study``).
 
-    datascale study [configs/studies/demo.yaml] [--dry-run]
+    datascale study [configs/studies/demo.yaml] [--dry-run] [--jobs N]
 
 world (if synthetic) -> shards -> nested subsets -> pretraining on every
 subset (same schedule) -> dedup audit of every downstream test set against
@@ -13,6 +13,8 @@ itself when that folder is complete for the same config and inputs, so a
 re-run is a no-op, an interrupted study resumes, and a changed config redoes
 exactly the stages (and the downstream stages) whose config or inputs changed
 (the study passes ``--force`` so such folders are replaced, never mixed).
+``--jobs N`` runs the independent runs of a stage N at a time
+(scaling.study.runner).
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ failure stops the study: the runs still going are stopped, finished runs are
 kept, and a rerun resumes.
 
 The thread count changes the order of floating-point reductions, so a study
-run with another ``--jobs`` computes numbers that differ in the last digits;
-each fine-tuning run records its thread count in its ``complete.json``.
+run with another ``--jobs`` computes other numbers (in the tiny study, in the
+fifth decimal; a long pretraining run drifts as another seed would); each
+fine-tuning run records its thread count in its ``complete.json``.
 """
 
 from __future__ import annotations
