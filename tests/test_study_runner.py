@@ -68,6 +68,8 @@ def test_two_jobs_run_two_at_a_time_each_with_its_share_of_the_cores(tmp_path, f
     assert all(_times(tmp_path, n)["threads"] == share == _times(tmp_path, n)["omp"] for n in "abcd")
     assert [s.status for s in plan.steps] == ["done"] * 4
     assert all(s.seconds >= 1.0 for s in plan.steps)
+    # The report's time per stage is the stage's wall time, not the sum of its runs' times.
+    assert plan.wall["pretrain"] < 0.9 * sum(s.seconds for s in plan.steps)
     assert "working in" in (tmp_path / "logs" / "pretrain" / "run-a.log").read_text()
 
 

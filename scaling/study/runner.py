@@ -96,10 +96,12 @@ def run_plan(plan, progress: bool = True, jobs: int = 1) -> None:
     """Run every step, stage by stage, stopping at the first failure (re-running resumes)."""
     from tqdm import tqdm
 
+    plan.jobs = jobs
     stages = list(dict.fromkeys(step.stage for step in plan.steps))
     for stage in stages:
         steps = [s for s in plan.steps if s.stage == stage]
         bar = tqdm(total=len(steps), desc=f"{stage:9s}", unit="run", disable=not progress, leave=True)
+        stage_started = time.time()
         try:
             if jobs > 1 and stage in PARALLEL_STAGES and len(steps) > 1:
                 _run_at_once(steps, jobs, plan.root / "logs" / stage, bar)
@@ -114,6 +116,7 @@ def run_plan(plan, progress: bool = True, jobs: int = 1) -> None:
                 bar.update()
         finally:
             bar.close()
+            plan.wall[stage] = time.time() - stage_started
 
 
 def _log_name(label: str) -> str:
