@@ -63,7 +63,8 @@ def start(cmd: Sequence[str], env: Mapping[str, str] | None = None, output=None)
     """Start ``cmd`` as a guarded child and return at once; ``output``: a file for its
     stdout and stderr together (default: this process's)."""
     return subprocess.Popen(guarded(list(cmd)), env=None if env is None else dict(env),
-                            stdout=output, stderr=None if output is None else subprocess.STDOUT)
+                            stdin=subprocess.DEVNULL, stdout=output,
+                            stderr=None if output is None else subprocess.STDOUT)
 
 
 def _trampoline(argv: list[str]) -> None:

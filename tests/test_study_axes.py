@@ -51,6 +51,11 @@ def test_steps_budget_scales_the_schedule_and_init_from_the_study_chains_runs():
     assert any(a.startswith("model.init_from=") and a.endswith("runs/pretrain/7200/backbone.pt") for a in chained)
     names = list(runs)
     assert names.index("7200") < names.index("240-from-study-7200")  # the run it starts from comes first
+    # Run several at a time (--jobs), a continuing run waits for the run it starts from.
+    plan = _plan("axes.init_from=['', 'study:7200']")
+    outs = {s.out.name: s for s in plan.steps if s.stage == "pretrain"}
+    assert outs["240-from-study-7200"].needs == [outs["7200"].out]
+    assert outs["240"].needs == [] and outs["7200"].needs == []
 
 
 def test_same_epochs_budget_resolves_per_subset_and_labels_the_run():
@@ -69,6 +74,7 @@ def test_same_epochs_budget_resolves_per_subset_and_labels_the_run():
     ("axes.arch=[resnet9]", "unknown architecture 'resnet9'"),
     ("axes.pretrain_seed=[1, 1]", "lists a value twice"),
     ("axes.curriculum=[none, fasttrain]", "'fasttrain': use one of none, efficienttrain"),
+    ("axes.init_from=['study:7200', '']", "cannot itself be study:SIZE"),
 ])
 def test_bad_axis_values_are_config_errors(setting, message):
     with pytest.raises(ConfigError, match=message):

@@ -59,6 +59,9 @@ class AxesSection:
             match = CLASSES.match(str(classes))
             require(bool(match) and (classes == "all" or int(match.group(2)) >= 1), "classes",
                     f"{classes!r}: use all or top:K (the K most frequent classes)")
+        require(not str(self.init_from[0]).startswith("study:"), "init_from",
+                f"the first value ({self.init_from[0]!r}) is the default that study:SIZE continues "
+                "from, so it cannot itself be study:SIZE; put \"\" (random init) or a checkpoint first")
         for curriculum in self.curriculum:
             require(curriculum in CURRICULA, "curriculum", f"{curriculum!r}: use one of {', '.join(CURRICULA)}")
         for name, values in (("arch", self.arch), ("budget", self.budget), ("classes", self.classes),

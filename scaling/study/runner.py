@@ -8,8 +8,8 @@ the cores (``DATASCALE_THREADS`` and ``OMP_NUM_THREADS`` = cores // N) and its
 output in ``STUDY/logs/``. On 2 cores, two one-thread runs at once did 1.5x
 the work of one two-thread run (docs/benchmarks.md). A run that needs another
 run of its stage (``init_from: study:SIZE``) starts after it. The first
-failure stops the study: the runs still going are stopped, finished runs are
-kept, and a rerun resumes.
+failure stops the study: the runs still going are stopped (status
+``stopped``), finished runs are kept, and a rerun resumes.
 
 The thread count changes the order of floating-point reductions, so a study
 run with another ``--jobs`` computes other numbers (in the tiny study, in the
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -86,7 +85,7 @@ def _failed(step, code: int, log_file: Path | None = None) -> DatascaleError:
 
 
 def _finish(step, before: float | None, started: float) -> None:
-    step.seconds = time.time() - started
+    step.seconds = time.monotonic() - started
     # A stage that found its output complete leaves its completion marker untouched.
     after = completed_at(step)
     step.status = "skipped" if before is not None and before == after else "done"
@@ -101,14 +100,14 @@ def run_plan(plan, progress: bool = True, jobs: int = 1) -> None:
     for stage in stages:
         steps = [s for s in plan.steps if s.stage == stage]
         bar = tqdm(total=len(steps), desc=f"{stage:9s}", unit="run", disable=not progress, leave=True)
-        stage_started = time.time()
+        stage_started = time.monotonic()
         try:
             if jobs > 1 and stage in PARALLEL_STAGES and len(steps) > 1:
-                _run_at_once(steps, jobs, plan.root / "logs" / stage, bar)
+                _run_at_once(steps, jobs, plan.root, bar)
                 continue
             for step in steps:
                 bar.set_postfix_str(step.label)
-                before, started = completed_at(step), time.time()
+                before, started = completed_at(step), time.monotonic()
                 code = _run_step(step)
                 if code != 0:
                     raise _failed(step, code)
@@ -116,52 +115,76 @@ def run_plan(plan, progress: bool = True, jobs: int = 1) -> None:
                 bar.update()
         finally:
             bar.close()
-            plan.wall[stage] = time.time() - stage_started
+            plan.wall[stage] = time.monotonic() - stage_started
 
 
-def _log_name(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", label).strip("-") + ".log"
+# A child starts as a process of its own: a launcher's rank variables in this environment
+# (a study started inside a job allocation) would make every child join one process group.
+_NOT_INHERITED = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE",
+                  "LOCAL_WORLD_SIZE", "CROSS_RANK", "CROSS_SIZE")
 
 
-def _run_at_once(steps: list, jobs: int, logs: Path, bar) -> None:
-    """Run ``steps`` up to ``jobs`` at a time, each after the steps it needs."""
-    logs.mkdir(parents=True, exist_ok=True)
+def _log_file(step, root: Path) -> Path:
+    """``ROOT/logs/STAGE/<output folder under runs/, dashes for slashes>.log``: unique per run."""
+    try:
+        name = step.out.relative_to(root / "runs" / step.stage)
+    except ValueError:
+        name = step.out.relative_to(root) if step.out.is_relative_to(root) else Path(step.out.name)
+    return root / "logs" / step.stage / ("-".join(name.parts) + ".log")
+
+
+def _child_env(jobs: int) -> dict[str, str]:
     threads = str(threads_per_job(jobs))
-    env = {**os.environ, procs.THREADS_ENV: threads, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    outs = {step.out for step in steps}
+    env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
+    return {**env, procs.THREADS_ENV: threads, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
+def _run_at_once(steps: list, jobs: int, root: Path, bar) -> None:
+    """Run ``steps`` up to ``jobs`` at a time, each after the steps it needs."""
+    env, outs = _child_env(jobs), {step.out for step in steps}
     done: set[Path] = set()
     pending = list(steps)
-    running: dict = {}  # Popen -> (step, marker before, start time, log file, open file)
+    running: dict = {}  # Popen -> (step, marker before, start time, log file)
     try:
         while pending or running:
             for step in [s for s in pending if all(n in done or n not in outs for n in s.needs)]:
                 if len(running) >= jobs:
                     break
                 pending.remove(step)
-                log_file = logs / _log_name(step.label)
-                handle = open(log_file, "w", encoding="utf-8")
-                before, started = completed_at(step), time.time()
-                running[procs.start(_argv(step), env=env, output=handle)] = (step, before, started,
-                                                                            log_file, handle)
+                log_file = _log_file(step, root)
+                log_file.parent.mkdir(parents=True, exist_ok=True)
+                before, started = completed_at(step), time.monotonic()
+                with open(log_file, "w", encoding="utf-8") as handle:  # the child has its own copy
+                    running[procs.start(_argv(step), env=env, output=handle)] = (step, before, started, log_file)
             if not running:  # every pending step waits on one that is not in this stage's plan
                 raise DatascaleError("steps wait on each other: " + ", ".join(s.label for s in pending))
             time.sleep(0.2)
-            for proc in [p for p in running if p.poll() is not None]:
-                step, before, started, log_file, handle = running.pop(proc)
-                handle.close()
+            failures = []
+            for proc in [p for p in running if p.poll() is not None]:  # every run that ended, then failures
+                step, before, started, log_file = running.pop(proc)
                 if proc.returncode != 0:
-                    raise _failed(step, proc.returncode, log_file)
+                    step.seconds = time.monotonic() - started
+                    failures.append(_failed(step, proc.returncode, log_file))
+                    continue
                 _finish(step, before, started)
                 done.add(step.out)
                 bar.set_postfix_str(step.label)
                 bar.update()
+            if failures:
+                raise failures[0]
     finally:
-        for proc, (step, *_, handle) in running.items():  # a failure or Ctrl-C: stop the others
-            proc.terminate()
-        for proc, (step, *_, handle) in running.items():
-            try:
-                proc.wait(timeout=60)
-            except Exception:  # noqa: BLE001 - it would not stop: kill it
-                proc.kill()
-                proc.wait()
-            handle.close()
+        _stop(running)
+
+
+def _stop(running: dict, grace: float = 30.0) -> None:
+    """A failure or Ctrl-C: stop the runs still going (SIGTERM, then SIGKILL after ``grace`` s)."""
+    for proc, (step, _, started, _) in running.items():
+        proc.terminate()
+        step.status, step.seconds = "stopped", time.monotonic() - started
+    deadline = time.monotonic() + grace
+    for proc in running:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except BaseException:  # noqa: BLE001 - it would not stop, or a second Ctrl-C: kill it
+            proc.kill()
+            proc.wait()
