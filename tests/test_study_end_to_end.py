@@ -177,6 +177,7 @@ def test_two_runs_at_a_time_killed_and_resumed_give_the_one_at_a_time_results(fi
     ours, theirs = _values(out), _values(reference)
     pd.testing.assert_frame_equal(ours.drop(columns="value"), theirs.drop(columns="value"))
     assert (ours["value"] - theirs["value"]).abs().max() < 1e-3
-    done = out / "runs" / "finetune" / "pose" / "finetune" / "1-seed0" / "complete.json"
-    assert json.loads(done.read_text())["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    for run in (out / "runs" / "finetune" / "pose" / "finetune" / "1-seed0", out / "runs" / "pretrain" / "1"):
+        assert json.loads((run / "complete.json").read_text())["threads"] == share, run
     assert (out / "logs" / "finetune" / "pose-finetune-1-seed0.log").is_file()

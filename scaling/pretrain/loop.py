@@ -442,7 +442,7 @@ def finish_run(run: RunContext, engine, tag: str | None, result: dict) -> dict:
                  "eval_classes": result["eval_classes"], "eval_images": result["eval_images"],
                  "budget": budget}
         write_json(out / "metrics.json", final)
-        mark_complete(out, {"steps": cfg.schedule.steps, "primary_metric": key,
+        mark_complete(out, {"steps": cfg.schedule.steps, "primary_metric": key, "threads": torch.get_num_threads(),
                             "skipped_checkpoints": run.notes.get("skipped_checkpoints", {})})
         if run.metrics is not None:
             run.metrics.close()
