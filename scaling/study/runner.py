@@ -14,7 +14,7 @@ failure stops the study: the runs still going are stopped (status
 The thread count changes the order of floating-point reductions, so a study
 run with another ``--jobs`` computes other numbers (in the tiny study, in the
 fifth decimal; a long pretraining run drifts as another seed would); each
-fine-tuning run records its thread count in its ``complete.json``.
+pretraining and fine-tuning run records its thread count in its ``complete.json``.
 """
 
 from __future__ import annotations
@@ -110,6 +110,7 @@ def run_plan(plan, progress: bool = True, jobs: int = 1) -> None:
                 before, started = completed_at(step), time.monotonic()
                 code = _run_step(step)
                 if code != 0:
+                    step.seconds = time.monotonic() - started
                     raise _failed(step, code)
                 _finish(step, before, started)
                 bar.update()
