@@ -24,8 +24,7 @@ from pathlib import Path
 from analysis.config import MODEL_CHOICE_RULE, FitConfig, PlotConfig
 from datascale.atomic import write_text
 from datascale.cli import add_config_args, add_shortcut, config_from_args, subcommand
-from datascale.config import dump_yaml
-from datascale.lineage import COMPLETE_FILE, config_record, is_up_to_date, mark_complete
+from datascale.lineage import COMPLETE_FILE, config_record, is_up_to_date, mark_complete, write_record
 
 DEFAULT_TABLE = "results/results.parquet"
 
@@ -137,7 +136,7 @@ def _up_to_date(out_dir: Path, stage: str, record: dict, outputs: list[Path], fo
 
 
 def _finish(out_dir: Path, stage: str, record: dict, summary: dict) -> None:
-    write_text(out_dir / f"{stage}.yaml", dump_yaml(record))
+    write_record(out_dir / f"{stage}.yaml", record)
     mark_complete(out_dir, summary, marker=f"{stage}.{COMPLETE_FILE}")
 
 

@@ -28,10 +28,9 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from datascale.atomic import atomic_path, write_text
-from datascale.config import dump_yaml
+from datascale.atomic import atomic_path
 from datascale.errors import DataError
-from datascale.lineage import COMPLETE_FILE, CONFIG_FILE, config_record
+from datascale.lineage import COMPLETE_FILE, CONFIG_FILE, config_record, write_record
 
 log = logging.getLogger(__name__)
 
@@ -373,7 +372,7 @@ def write_results(collection: Collection, out: str | Path, roots: Iterable[str |
         record = config_record("results", {"runs_dirs": roots, "merge": merge},
                                extra={"rows": len(new), "runs": int(new["run_dir"].nunique()),
                                       "excluded": len(excluded), "table": str(out.resolve())})
-        write_text(out.parent / LINEAGE_FILE, dump_yaml(record))
+        write_record(out.parent / LINEAGE_FILE, record)
     return new, excluded
 
 

@@ -231,6 +231,42 @@ def config_keys(schema: type, prefix: str = "") -> list[str]:
     return keys
 
 
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: nested mappings to dotted keys (lists are leaves;
+    an empty mapping adds no key)."""
+    if not isinstance(data, dict):
+        return {prefix: data} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def config_defaults(schema: type, prefix: str = "") -> dict[str, Any]:
+    """Every dotted leaf key of ``schema`` that has a default, with that default as plain data.
+
+    Nested sections are walked by type, so a key of a section that defaults to None still has
+    its own default. The lineage check uses it to accept a run written before a key existed
+    (``datascale.lineage.same_lineage``)."""
+    out: dict[str, Any] = {}
+    types_of = _field_types(schema)
+    for field in dataclasses.fields(schema):
+        if not field.init:
+            continue
+        dotted = f"{prefix}.{field.name}" if prefix else field.name
+        inner = _unwrap_optional(types_of[field.name])
+        if dataclasses.is_dataclass(inner):
+            out.update(config_defaults(inner, dotted))
+            made = field.default_factory() if field.default_factory is not dataclasses.MISSING else None
+            if dataclasses.is_dataclass(made):  # a factory may set other values than the section's own
+                out.update(flatten(to_dict(made), dotted))
+        elif field.default is not dataclasses.MISSING:
+            out[dotted] = to_dict(field.default)
+        elif field.default_factory is not dataclasses.MISSING:
+            out[dotted] = to_dict(field.default_factory())
+    return out
+
+
 def require(condition: bool, key: str, message: str) -> None:
     """Raise ConfigError naming ``key`` unless ``condition`` holds (for ``validate()``)."""
     if not condition:

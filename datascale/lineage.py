@@ -9,6 +9,7 @@ a folder with another config is refused unless the user passes ``--force``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import logging
@@ -21,13 +22,16 @@ import yaml
 
 from datascale import __version__
 from datascale.atomic import write_json, write_text
-from datascale.config import dump_yaml, to_dict
+from datascale.config import config_defaults, dump_yaml, flatten, to_dict
 from datascale.errors import SKIP_LOG_FILE, DataError, OutputExistsError
 from datascale.lock import HOUSEKEEPING
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
+# In a record in memory only, never written: the defaults of the config's schema, so that a folder
+# written before a setting existed still matches while that setting is at its default.
+_DEFAULTS = "_schema_defaults"
 COMPLETE_FILE = "complete.json"
 _CHUNK = 1 << 20
 
@@ -100,7 +104,29 @@ def config_record(stage: str, config: Any, inputs: Mapping[str, str | Path] | No
     }
     if extra:
         record.update(to_dict(dict(extra)))
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        record[_DEFAULTS] = {"defaults": config_defaults(type(config)), "off": _off_sections(config)}
     return record
+
+
+def _off_sections(config: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the config's sections that are switched off (``enabled`` is False, as
+    ``curriculum`` with name none): settings inside them change nothing a run does."""
+    found = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            dotted = f"{prefix}.{f.name}" if prefix else f.name
+            if getattr(value, "enabled", True) is False:
+                found.append(dotted)
+            else:
+                found.extend(_off_sections(value, dotted))
+    return found
+
+
+def write_record(path: str | Path, record: Mapping[str, Any]) -> None:
+    """Write a lineage record as YAML (atomically), without its in-memory-only keys."""
+    write_text(path, dump_yaml({k: v for k, v in record.items() if k != _DEFAULTS}))
 
 
 def read_config_record(out_dir: str | Path, record_file: str = CONFIG_FILE) -> dict | None:
@@ -113,17 +139,28 @@ def read_config_record(out_dir: str | Path, record_file: str = CONFIG_FILE) -> d
 
 
 def same_lineage(record: dict | None, new: dict) -> bool:
-    """True when two lineage records have the same stage, config and inputs (times may differ)."""
-    return record is not None and all(record.get(k) == new.get(k) for k in ("stage", "config", "inputs"))
+    """True when two lineage records have the same stage, config and inputs (times may differ).
 
+    A folder written by an older datascale, before some settings existed, still matches when
+    ``new`` has each setting that ``record`` lacks at its schema default (a new setting's default
+    keeps the old behaviour), or inside a section that ``record`` lacks whole and ``new`` leaves
+    switched off. A setting that was removed, or one off its default, is a change."""
+    if record is None or any(record.get(k) != new.get(k) for k in ("stage", "inputs")):
+        return False
+    old_config, new_config = record.get("config"), new.get("config")
+    if old_config == new_config:
+        return True
+    schema = new.get(_DEFAULTS)
+    if not schema or not isinstance(old_config, dict) or not isinstance(new_config, dict):
+        return False
+    old, now = flatten(old_config), flatten(new_config)
+    defaults = schema["defaults"]
+    new_and_off = [s for s in schema["off"] if not any(k == s or k.startswith(s + ".") for k in old)]
 
-def _flatten(value: Any, prefix: str, out: dict) -> dict:
-    if isinstance(value, Mapping):  # an empty mapping adds no key
-        for key, item in value.items():
-            _flatten(item, f"{prefix}.{key}" if prefix else str(key), out)
-    else:
-        out[prefix] = value
-    return out
+    def predates(key: str, value: Any) -> bool:
+        return (key in defaults and defaults[key] == value) or any(key.startswith(s + ".") for s in new_and_off)
+    return set(old) <= set(now) and all(old[key] == value if key in old else predates(key, value)
+                                        for key, value in now.items())
 
 
 def _short(value: Any, width: int = 60) -> str:
@@ -137,8 +174,8 @@ _MISSING = object()
 def lineage_differences(old: dict, new: dict, limit: int = 12) -> list[str]:
     """The settings and inputs where two lineage records differ, one ``key: old -> new`` line
     each (``config.train.steps: 60 -> 200``, ``inputs.data.sha256: ...``), at most ``limit``."""
-    flat_old = _flatten({k: old.get(k) for k in ("config", "inputs")}, "", {})
-    flat_new = _flatten({k: new.get(k) for k in ("config", "inputs")}, "", {})
+    flat_old = flatten({k: old.get(k) for k in ("config", "inputs")})
+    flat_new = flatten({k: new.get(k) for k in ("config", "inputs")})
     keys = sorted(set(flat_old) | set(flat_new))
     lines = [f"{key}: {_short(flat_old.get(key, _MISSING))} -> {_short(flat_new.get(key, _MISSING))}"
              for key in keys if flat_old.get(key, _MISSING) != flat_new.get(key, _MISSING)]
@@ -179,6 +216,11 @@ def prepare_output_dir(out_dir: str | Path, record: dict, force: bool = False
     existing = read_config_record(out_dir)
     if existing is not None:
         if same_lineage(existing, record):
+            if existing.get("config") != record.get("config"):  # written before some settings existed
+                added = [line.split(":", 1)[0] for line in lineage_differences(existing, record)]
+                log.info("%s: same run; its config.yaml gains the settings it predates, at their "
+                         "defaults: %s", out_dir, ", ".join(added))
+                write_record(out_dir / CONFIG_FILE, {**record, "created": existing.get("created")})
             return "complete" if is_complete(out_dir) else "resume"
         if existing.get("stage") != record.get("stage"):
             raise OutputExistsError(
@@ -200,7 +242,7 @@ def prepare_output_dir(out_dir: str | Path, record: dict, force: bool = False
             "choose an empty or new output folder"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(out_dir / CONFIG_FILE, dump_yaml(record))
+    write_record(out_dir / CONFIG_FILE, record)
     return "new"
 
 

@@ -110,3 +110,77 @@ def test_config_yaml_is_plain_yaml(tmp_path):
     data = yaml.safe_load((out / "config.yaml").read_text())
     assert data["config"]["nested"]["list"] == [1, 2]
     assert os.access(out / "config.yaml", os.R_OK)
+
+
+SETS = ["data.train=/data/subsets/240", "data.eval=/data/shards/eval"]
+
+
+def _older_record(out, drop):
+    """Rewrite out/config.yaml as an older datascale would have written it: without ``drop``
+    (dotted keys) in its config."""
+    record = read_config_record(out)
+    for key in drop:
+        *parents, leaf = key.split(".")
+        section = record["config"]
+        for name in parents:
+            section = section[name]
+        del section[leaf]
+    (out / "config.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
+    return record
+
+
+def test_a_run_written_before_a_setting_existed_is_still_the_same_run(tmp_path):
+    """Upgrading datascale adds settings with defaults that keep the old behaviour: a finished
+    pretraining run whose config.yaml predates the curriculum section must not be run again
+    (in a study, --force would wipe it), and its record gains the settings."""
+    from datascale.config import load_config, to_dict
+    from scaling.pretrain.config import PretrainConfig
+
+    cfg = load_config(PretrainConfig, "pretrain/demo", SETS)
+    out = tmp_path / "run"
+    assert prepare_output_dir(out, config_record("pretrain", cfg)) == "new"
+    assert "_schema_defaults" not in read_config_record(out)      # in memory only
+    mark_complete(out)
+    created = _older_record(out, ["curriculum"])["created"]
+    assert "curriculum" not in read_config_record(out)["config"]
+    assert prepare_output_dir(out, config_record("pretrain", cfg)) == "complete"
+    upgraded = read_config_record(out)
+    assert upgraded["config"]["curriculum"] == to_dict(cfg.curriculum)
+    assert upgraded["config"]["curriculum"]["name"] == "none"
+    assert upgraded["created"] == created and "_schema_defaults" not in upgraded
+
+    # The same old folder against a command that sets the new section off its default: a change.
+    _older_record(out, ["curriculum"])
+    changed = load_config(PretrainConfig, "pretrain/demo", [*SETS, "curriculum.name=efficienttrain"])
+    with pytest.raises(OutputExistsError, match="curriculum.name: \\(not set\\) -> 'efficienttrain'"):
+        prepare_output_dir(out, config_record("pretrain", changed))
+
+
+def test_a_removed_or_unknown_setting_is_a_change(tmp_path):
+    from datascale.config import load_config
+    from scaling.pretrain.config import PretrainConfig
+
+    cfg = load_config(PretrainConfig, "pretrain/demo", SETS)
+    out = tmp_path / "run"
+    prepare_output_dir(out, config_record("pretrain", cfg))
+    mark_complete(out)
+    record = read_config_record(out)
+    record["config"]["schedule"]["retired_setting"] = 3   # a setting this version no longer has
+    (out / "config.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
+    with pytest.raises(OutputExistsError, match="schedule.retired_setting: 3 -> \\(not set\\)"):
+        prepare_output_dir(out, config_record("pretrain", cfg))
+    # A missing setting whose value is not its default (steps is set by pretrain/demo) is a change.
+    prepare_output_dir(out, config_record("pretrain", cfg), force=True)
+    mark_complete(out)
+    _older_record(out, ["schedule.steps"])
+    with pytest.raises(OutputExistsError, match="schedule.steps"):
+        prepare_output_dir(out, config_record("pretrain", cfg))
+
+
+def test_schema_defaults_walk_nested_sections():
+    from datascale.config import config_defaults, flatten
+    from scaling.pretrain.config import PretrainConfig
+
+    defaults = config_defaults(PretrainConfig)
+    assert defaults["curriculum.name"] == "none"
+    assert flatten({"a": {"b": 1, "c": {}}, "d": [1, 2]}) == {"a.b": 1, "d": [1, 2]}
