@@ -8,7 +8,10 @@ Same real-photo JPEGs (about 500x375), same worker count, same transform
 * ImageFolder: torchvision.datasets.ImageFolder + DataLoader with the usual
   torchvision transforms (Resize, RandomCrop, RandomHorizontalFlip, ToTensor,
   Normalize), shuffled;
-* datascale: make_train_loader over shards of the same JPEGs, one epoch.
+* datascale: make_train_loader over shards of the same JPEGs, one epoch;
+* datascale, uint8 hand-over: the same with ``pixels: uint8`` (the workers send
+  uint8 batches; this process scales each to [-1, 1] with ``model_input``, as
+  the training loop does, here on the CPU).
 
 Each is run twice, interleaved, and the better run is kept (the machine may
 be shared). Prints images/s (wall) and images per CPU-second.
@@ -117,12 +120,15 @@ def image_folder(tree: Path, workers: int, batch: int, epochs: int) -> int:
     return sum(len(images) for _ in range(epochs) for images, _ in loader)
 
 
-def datascale_loader(shards: Path, workers: int, batch: int, epochs: int) -> int:
+def datascale_loader(shards: Path, workers: int, batch: int, epochs: int, pixels: str = "float") -> int:
+    import torch
     from data_tools.loader.pipeline import LoaderConfig, make_train_loader
+    from data_tools.loader.transforms import model_input
     cfg = LoaderConfig(batch_size=batch, num_workers=workers, shuffle_buffer=500,
-                       transform="paper")
+                       transform="paper", pixels=pixels)
     loader = make_train_loader(shards, cfg, num_classes=len(PHOTOS))
-    return sum(len(b.keys) for _ in range(epochs) for b in loader)
+    # Every batch becomes the model's float input in this process, whichever side scales it.
+    return sum(len(model_input(b.images, "cpu", torch.float32)) for _ in range(epochs) for b in loader)
 
 
 def main() -> None:
@@ -149,7 +155,8 @@ def main() -> None:
         common = (args.workers, args.batch, args.epochs)
         runs = {"decode-only bound": lambda: decode_bound(files, *common),
                 "torchvision ImageFolder": lambda: image_folder(tree, *common),
-                "datascale loader": lambda: datascale_loader(shards, *common)}
+                "datascale loader": lambda: datascale_loader(shards, *common),
+                "datascale, uint8 hand-over": lambda: datascale_loader(shards, *common, pixels="uint8")}
         if args.breakdown:  # CPU per image with no worker processes: the pipeline without IPC
             runs["decode-only, 1 process"] = lambda: decode_bound(files, 1, args.batch, args.epochs)
             runs["datascale, 0 workers"] = lambda: datascale_loader(shards, 0, args.batch, args.epochs)
@@ -170,7 +177,7 @@ def main() -> None:
           f"workers, batch {args.batch}, paper transform (340 -> random 299 crop, flip, [-1, 1])")
     bound, folder = best["decode-only bound"], best["torchvision ImageFolder"]
     for name, (wall, cpu) in best.items():
-        print(f"  {name:24s} {wall:7.1f} images/s  {cpu:7.1f} images/CPU-s  "
+        print(f"  {name:28s} {wall:7.1f} images/s  {cpu:7.1f} images/CPU-s  "
               f"wall x{wall / bound[0]:.3f} of bound, x{wall / folder[0]:.3f} of ImageFolder; "
               f"CPU x{cpu / bound[1]:.3f} of bound, x{cpu / folder[1]:.3f} of ImageFolder; "
               f"CPU ms/image main {split[name][0]:.2f}, workers {split[name][1]:.2f}")
@@ -180,7 +187,7 @@ def main() -> None:
               for name in best}
     print(f"  median of {args.rounds} per-round wall ratios:")
     for name, (of_bound, of_folder) in paired.items():
-        print(f"    {name:24s} x{of_bound:.3f} of bound, x{of_folder:.3f} of ImageFolder")
+        print(f"    {name:28s} x{of_bound:.3f} of bound, x{of_folder:.3f} of ImageFolder")
     if args.json:
         figures = {"images": args.images, "workers": args.workers, "batch": args.batch, "epochs": args.epochs,
                    "rounds": rounds,

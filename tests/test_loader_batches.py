@@ -38,6 +38,30 @@ def test_train_batches_are_nchw_in_unit_range_with_dense_multi_hot_targets(shard
     assert loader.epoch == 1 and loader.samples_seen == 0
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_uint8_hand_over_gives_the_model_the_same_floats(shards, workers):
+    """pixels: uint8 sends a quarter of the bytes; model_input scales them to exactly the floats
+    the float hand-over sends, for train batches (same crops and flips) and eval batches."""
+    from data_tools.loader.transforms import model_input
+
+    def batches(pixels, make):
+        cfg = LoaderConfig(batch_size=8, num_workers=workers, shuffle_buffer=6, image_size=24,
+                           pixels=pixels)
+        return list(make(shards, cfg, num_classes=7))
+
+    for make in (make_train_loader, make_eval_loader):
+        floats, raw = batches("float", make), batches("uint8", make)
+        assert len(floats) == len(raw) >= 3
+        for f, r in zip(floats, raw):
+            assert r.images.dtype == torch.uint8 and r.images.shape == f.images.shape
+            assert r.images.max() > 100 and r.keys == f.keys and torch.equal(r.targets, f.targets)
+            assert r.images.element_size() * r.images.nelement() * 4 == \
+                f.images.element_size() * f.images.nelement()
+            assert torch.equal(model_input(r.images, "cpu", torch.float32), f.images)
+            assert torch.equal(model_input(r.images, "cpu", torch.bfloat16),
+                               model_input(f.images, "cpu", torch.bfloat16))
+
+
 def test_sparse_targets_equal_dense_and_closure_adds_ancestors(shards):
     dense_cfg = LoaderConfig(batch_size=6, num_workers=0, image_size=16, hierarchy_closure=True)
     sparse_cfg = LoaderConfig(batch_size=6, num_workers=2, image_size=16, hierarchy_closure=True,

@@ -105,6 +105,21 @@ def test_pretrain_writes_a_complete_run(pool, tmp_path):
 
 
 @pytest.mark.slow
+def test_uint8_hand_over_trains_the_same_weights(pool, tmp_path):
+    """data.loader.pixels=uint8 moves the scaling to [-1, 1] from the workers to the training
+    process (its device); the run must be the same run, weights and mAP@100 alike."""
+    runs = {}
+    for pixels in ("float", "uint8"):
+        runs[pixels] = tmp_path / pixels
+        _pretrain(pool, runs[pixels], "--set", "schedule.steps=6", "--set", "data.loader.num_workers=2",
+                  "--set", f"data.loader.pixels={pixels}")
+    ref, res = _weights(runs["float"]), _weights(runs["uint8"])
+    assert ref.keys() == res.keys() and all(torch.equal(ref[k], res[k]) for k in ref)
+    maps = [[r["mAP@100"] for r in _metrics(runs[p]) if "mAP@100" in r] for p in runs]
+    assert maps[0] == maps[1] and len(maps[0]) == 2
+
+
+@pytest.mark.slow
 def test_kill_9_then_resume_gives_the_same_weights(pool, tmp_path):
     steps = ["--set", "schedule.steps=10"]
     reference = tmp_path / "reference"

@@ -24,6 +24,10 @@ class LoaderConfig:
     hierarchy_closure: bool = False     # add every ancestor of each label
     targets: Literal["dense", "sparse"] = "dense"
     prefetch_factor: int = 2            # batches prefetched per worker
+    # How a batch's pixels leave the workers: "float" (float32 in [-1, 1]), or "uint8" (the raw
+    # planar pixels, 4x fewer bytes through shared memory and to a GPU), which the consumer scales
+    # to the same floats with data_tools.loader.transforms.model_input, on its device.
+    pixels: Literal["float", "uint8"] = "float"
 
     @property
     def crop_size(self) -> int:

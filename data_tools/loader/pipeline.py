@@ -50,13 +50,14 @@ from data_tools.loader.curriculum import CurriculumAugment, CurriculumSchedule, 
 from data_tools.loader.streams import (SampleFilter, ShardItem, ShuffleBuffer, WorkerShards, exact_items,
                                 shuffled_items)
 from data_tools.subsets.subset import Subset, as_subset
-from data_tools.loader.transforms import TRANSFORMS, batch_tensor, to_unit_range
+from data_tools.loader.transforms import TRANSFORMS, batch_tensor, to_planar_uint8, to_unit_range
 
 log = logging.getLogger(__name__)
 
 
 class Batch(NamedTuple):
-    """One batch: images (N, 3, H, W) float32 in [-1, 1]; targets (N, C) float32, dense or
+    """One batch: images (N, 3, H, W) float32 in [-1, 1] (uint8 0..255 with ``pixels: uint8``:
+    scale with ``transforms.model_input``); targets (N, C) float32, dense or
     sparse COO; labels and keys per image; positions: stream positions this batch used
     (what ``samples_seen`` counts); skipped: corrupt/missing samples in it, by reason."""
 
@@ -147,7 +148,8 @@ class _Pipeline(wds.DataPipeline):
         stacked = np.stack(arrays) if arrays else np.zeros((0, crop, crop, 3), dtype=np.uint8)
         # Skips found while reading shards (before this call) are reported here too.
         new_skips, self._reported = self.skipped - self._reported, collections.Counter(self.skipped)
-        return Batch(to_unit_range(stacked), self.encoder.targets(labels), labels, keys,
+        pixels = to_planar_uint8(stacked) if self.cfg.pixels == "uint8" else to_unit_range(stacked)
+        return Batch(pixels, self.encoder.targets(labels), labels, keys,
                      len(items), dict(new_skips))
 
 

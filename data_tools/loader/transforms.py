@@ -4,7 +4,9 @@
 horizontal flip (Sun et al. 2017); ``demo``: the same recipe at demo size
 (shorter side image_size + image_size/8, random image_size crop, flip). Eval
 uses the same resize and a centre crop. Outputs are uint8 HWC arrays; the
-loader scales whole batches to [-1, 1] at once (cheaper than per image).
+loader scales whole batches to [-1, 1] at once (cheaper than per image), or,
+with ``pixels: uint8``, hands the uint8 batch over and the consumer scales it
+on its device (:func:`model_input`: the same floats).
 JPEGs are decoded with PIL's draft mode at the smallest DCT scale that still
 covers the resize target, which gives the same pixels a full decode + resize
 would give to within resampling error, several times faster.
@@ -107,3 +109,24 @@ def to_unit_range(batch: np.ndarray):
     out = batch_tensor(tuple(planar.shape))
     out.copy_(planar)
     return out.div_(127.5).sub_(1.0)
+
+
+def to_planar_uint8(batch: np.ndarray):
+    """uint8 (N, H, W, 3) -> uint8 torch tensor (N, 3, H, W), in shared memory in a worker:
+    a quarter of the float batch's pages to fill and send (``pixels: uint8``)."""
+    import torch
+    out = batch_tensor((batch.shape[0], 3, *batch.shape[1:3]), torch.uint8)
+    np.copyto(out.numpy(), batch.transpose(0, 3, 1, 2))
+    return out
+
+
+def model_input(images, device, dtype, non_blocking: bool = False):
+    """A batch's images as the model takes them: float in [-1, 1], on ``device``, in ``dtype``.
+
+    A uint8 batch (``pixels: uint8``) crosses to the device as bytes and is scaled there, with the
+    float32 arithmetic of :func:`to_unit_range`, so both hand-overs give the same input."""
+    import torch
+    if images.dtype != torch.uint8:
+        return images.to(device, dtype=dtype, non_blocking=non_blocking)
+    scaled = images.to(device, non_blocking=non_blocking).to(torch.float32).div_(127.5).sub_(1.0)
+    return scaled if dtype == torch.float32 else scaled.to(dtype)

@@ -3,10 +3,9 @@
     datascale pretrain --config pretrain/demo --set data.train=SUBSETS/10pct \\
         --set data.eval=EVAL_SHARDS --out runs/pretrain/10pct [--nproc 2]
 
-Every subset trains for the same ``schedule.steps`` (rule 3). The run folder
-holds config.yaml (lineage), deepspeed.json, metrics.jsonl (loss, lr, images/s,
-mAP@100), checkpoints/ (DeepSpeed, last K), and at the end backbone.pt +
-backbone.json and metrics.json. Re-running the same command resumes from the
+Every subset trains for the same ``schedule.steps`` (rule 3). The run folder holds config.yaml
+(lineage), deepspeed.json, metrics.jsonl (loss, lr, images/s, mAP@100), checkpoints/ (DeepSpeed,
+last K), and at the end backbone.pt + backbone.json and metrics.json. Re-running the same command resumes from the
 last checkpoint with the same data position, so a run killed at any point
 (kill -9 included) ends with the same weights as an uninterrupted one.
 
@@ -37,6 +36,7 @@ from datascale.launch import ensure_process_group_env
 from datascale.lineage import config_record, is_complete, mark_complete, prepare_output_dir
 from datascale.metrics_log import MetricsLog
 from data_tools.loader.pipeline import make_eval_loader, make_train_loader
+from data_tools.loader.transforms import model_input
 from data_tools.subsets.subset import load_subset
 from scaling.models.backbones import MultiLabelClassifier, build_backbone
 from scaling.models.files import load_backbone, save_backbone
@@ -184,7 +184,7 @@ def evaluate(model, cfg: PretrainConfig, evalset, num_classes: int, device) -> d
     with torch.no_grad():
         for batch in loader:
             dtype = next(model.parameters()).dtype  # bf16/fp16 under DeepSpeed on a GPU
-            images, label_lists = batch.images.to(device, dtype=dtype), batch.label_lists
+            images, label_lists = model_input(batch.images, device, dtype), batch.label_lists
             acc.add(model(images).float().cpu().numpy(), label_lists)
             if cfg.monitor.max_images and acc.images >= cfg.monitor.max_images:
                 break
@@ -332,7 +332,7 @@ def _train(run: RunContext, progress: bool) -> dict:
     accum, micro_steps = run.ds_config["gradient_accumulation_steps"], 0
     while position.step < cfg.schedule.steps:
         for batch in loader:  # the rest of this epoch; the loader then moves to the next
-            images = batch.images.to(run.device, dtype=run.input_dtype, non_blocking=True)
+            images = model_input(batch.images, run.device, run.input_dtype, non_blocking=True)
             if run.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             generator.manual_seed(cfg.seed * 1_000_003 + position.step)  # same negatives on resume
