@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -78,6 +79,8 @@ def pretrain(root: Path, subset: str, arm: str, seed: int, steps: int | None) ->
                  f"schedule.eval_every={steps}", f"schedule.checkpoint_every={steps}"]
     argv = ["pretrain", "--config", "pretrain/demo", *[a for s in sets for a in ("--set", s)],
             "--out", str(out), "--force", "--no-progress"]
+    # A finished run would be skipped and an unfinished one resumed: either would time a fraction.
+    shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     _cli(*argv)
     wall = time.perf_counter() - start
