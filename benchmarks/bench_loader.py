@@ -11,7 +11,7 @@ Same real-photo JPEGs (about 500x375), same worker count, same transform
 * datascale: make_train_loader over shards of the same JPEGs, one epoch;
 * datascale, uint8 hand-over: the same with ``pixels: uint8`` (the workers send
   uint8 batches; this process scales each to [-1, 1] with ``model_input``, as
-  the training loop does, here on the CPU).
+  the training loop does, on ``--device``: the CPU, or cuda for the GPU hand-over).
 
 Each is run twice, interleaved, and the better run is kept (the machine may
 be shared). Prints images/s (wall) and images per CPU-second.
@@ -120,15 +120,19 @@ def image_folder(tree: Path, workers: int, batch: int, epochs: int) -> int:
     return sum(len(images) for _ in range(epochs) for images, _ in loader)
 
 
-def datascale_loader(shards: Path, workers: int, batch: int, epochs: int, pixels: str = "float") -> int:
+def datascale_loader(shards: Path, workers: int, batch: int, epochs: int, pixels: str = "float",
+                     device: str = "cpu") -> int:
     import torch
     from data_tools.loader.pipeline import LoaderConfig, make_train_loader
     from data_tools.loader.transforms import model_input
     cfg = LoaderConfig(batch_size=batch, num_workers=workers, shuffle_buffer=500,
                        transform="paper", pixels=pixels)
     loader = make_train_loader(shards, cfg, num_classes=len(PHOTOS))
-    # Every batch becomes the model's float input in this process, whichever side scales it.
-    return sum(len(model_input(b.images, "cpu", torch.float32)) for _ in range(epochs) for b in loader)
+    # Every batch becomes the model's float input on `device`, whichever side scales it.
+    count = sum(len(model_input(b.images, device, torch.float32)) for _ in range(epochs) for b in loader)
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return count
 
 
 def main() -> None:
@@ -143,6 +147,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2,
                         help="interleaved rounds; ratios are also given as the median of per-round ratios")
     parser.add_argument("--json", metavar="FILE", help="also write the images/s figures to FILE")
+    parser.add_argument("--device", default="cpu",
+                        help="where datascale's batches go as the model's input (cuda: the GPU hand-over)")
     args = parser.parse_args()
     from data_tools.shards.write import ShardsConfig, write_shards
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,8 +161,9 @@ def main() -> None:
         common = (args.workers, args.batch, args.epochs)
         runs = {"decode-only bound": lambda: decode_bound(files, *common),
                 "torchvision ImageFolder": lambda: image_folder(tree, *common),
-                "datascale loader": lambda: datascale_loader(shards, *common),
-                "datascale, uint8 hand-over": lambda: datascale_loader(shards, *common, pixels="uint8")}
+                "datascale loader": lambda: datascale_loader(shards, *common, device=args.device),
+                "datascale, uint8 hand-over": lambda: datascale_loader(shards, *common, pixels="uint8",
+                                                                       device=args.device)}
         if args.breakdown:  # CPU per image with no worker processes: the pipeline without IPC
             runs["decode-only, 1 process"] = lambda: decode_bound(files, 1, args.batch, args.epochs)
             runs["datascale, 0 workers"] = lambda: datascale_loader(shards, 0, args.batch, args.epochs)

@@ -2,7 +2,7 @@
 # The GPU figures in one run (~8 minutes on one GPU), all written to $OUT/gpu_check.{json,md}:
 #   1. benchmarks/bench_pretrain.py: ResNet-50, bf16, channels_last, DeepSpeed engine vs a plain loop
 #   2. a 50-step detection fine-tune at paper size (finetune/detection_paper: ResNet-101 C4, 1024 px)
-#   3. the loader's images/s with 16 workers (benchmarks/bench_loader.py)
+#   3. the loader's images/s with 16 workers, float and uint8 hand-over to the GPU (benchmarks/bench_loader.py)
 #   4. tests/test_gpu_path.py (bf16/fp16 pretraining steps, one autocast fine-tuning step per task)
 #
 #   OUT=gpu_check_out bash benchmarks/gpu_check.sh          # on the GPU machine
@@ -23,7 +23,7 @@ else
   BENCH=(--device cuda --arch resnet50 --size 224 --batch 128 --classes 18291 --precision bf16 --channels-last
          --blocks 3 --steps 10)
   FINETUNE=(--config finetune/detection_paper --arch resnet101 --steps 50 --set train.log_every=10)
-  LOADER=(--images 3000 --workers 16 --batch 64 --epochs 1)
+  LOADER=(--images 3000 --workers 16 --batch 64 --epochs 1 --device cuda)
   TESTS=1
 fi
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee "$OUT/env.txt"
@@ -67,7 +67,8 @@ lines = ["# GPU check", "", f"{figures['env']}", "",
 if "resnet50" in figures["bench_pretrain"]:
     lines.append(f"- ResNet-50 bf16 ZeRO-1, 18,291 classes: {figures['bench_pretrain']['resnet50']['resnet50_bf16_images_per_s']:.0f} images/s")
 lines += [f"- detection fine-tune: {d['steps']} steps at {d['seconds_per_step']:.3f} s/step, final loss {d['final_loss']:.3f}",
-          f"- loader ({l['workers']} workers): datascale {l['datascale loader']['images_per_s']:.0f} images/s, "
+          f"- loader ({l['workers']} workers): datascale {l['datascale loader']['images_per_s']:.0f} images/s "
+          f"(uint8 hand-over {l['datascale, uint8 hand-over']['images_per_s']:.0f}), "
           f"ImageFolder {l['torchvision ImageFolder']['images_per_s']:.0f}, decode bound {l['decode-only bound']['images_per_s']:.0f}"]
 if "test_gpu_path" in figures:
     lines.append(f"- tests/test_gpu_path.py: {figures['test_gpu_path']}")
