@@ -245,7 +245,7 @@ class StreamingLoader:
     def _loader(self, pipeline) -> torch.utils.data.DataLoader:
         workers = self.cfg.num_workers
         return torch.utils.data.DataLoader(
-            pipeline, batch_size=None, num_workers=workers, in_order=True,
+            pipeline, batch_size=None, num_workers=workers, in_order=True, collate_fn=_as_built,
             prefetch_factor=self.cfg.prefetch_factor if workers else None,
             persistent_workers=False)
 
@@ -275,6 +275,12 @@ class StreamingLoader:
     def close(self) -> None:
         """Stop the worker processes now (they also stop when the loader is deleted)."""
         self._live = None
+
+
+def _as_built(batch: Batch) -> Batch:
+    """The DataLoader's collate step: a pipeline's batches are tensors already. (Its default,
+    default_convert, walks every label list of every batch: ~10% of a 64 px batch's CPU.)"""
+    return batch
 
 
 def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:

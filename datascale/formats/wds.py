@@ -19,6 +19,7 @@ from typing import Iterable, Iterator, NamedTuple
 from PIL import Image
 
 from datascale.errors import DataError, count_skip
+from datascale.formats.tarstream import iter_regular_members
 
 log = logging.getLogger(__name__)
 
@@ -112,16 +113,14 @@ def iter_member_groups(path: str | Path) -> Iterator[tuple[str, list[tuple[str, 
     """
     key, members = None, []
     try:
-        with open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
-            for info in tar:
-                if not info.isreg():
-                    continue
-                member_key = split_member(info.name)[0]
+        with open(path, "rb") as handle:
+            for name, data in iter_regular_members(handle):
+                member_key = split_member(name)[0]
                 if members and member_key != key:
                     yield key, members
                     members = []
                 key = member_key
-                members.append((info.name, tar.extractfile(info).read()))
+                members.append((name, data))
     except (OSError, tarfile.TarError, EOFError) as exc:
         raise DataError(f"{path}: cannot read the tar ({exc}); run `datascale shards verify`") from None
     if members:
@@ -176,11 +175,9 @@ def read_shard(path: str | Path, skipped: collections.Counter | None = None
     name = path.name
     group: dict | None = None
     try:
-        with open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
-            for info in tar:
-                if not info.isreg():
-                    continue
-                key, ext = split_member(info.name)
+        with open(path, "rb") as handle:
+            for member, data in iter_regular_members(handle):
+                key, ext = split_member(member)
                 if group is not None and key != group["__key__"]:
                     sample = _finish(group, name, skipped)
                     group = None
@@ -189,9 +186,9 @@ def read_shard(path: str | Path, skipped: collections.Counter | None = None
                 if group is None:
                     group = {"__key__": key}
                 if ext in group:
-                    count_skip(skipped, "duplicate_member", f"{name}:{info.name}")
+                    count_skip(skipped, "duplicate_member", f"{name}:{member}")
                     continue
-                group[ext] = tar.extractfile(info).read()
+                group[ext] = data
     except FileNotFoundError:
         count_skip(skipped, "missing_shard", str(path))
         return
