@@ -23,7 +23,7 @@ $(STAMP): $(VENV)/bin/python pyproject.toml constraints.txt
 study: $(STAMP)
 	$(VENV)/bin/datascale study configs/studies/demo.yaml
 
-# The findings study: every task fine-tuned long enough to leave its floor (61 min on 2 cores).
+# The findings study: every task fine-tuned long enough to leave its floor (~71 min on 2 cores).
 findings: $(STAMP)
 	$(VENV)/bin/datascale study configs/studies/findings.yaml
 
